@@ -1,0 +1,1 @@
+"""The archiver worker: ages stories out, keeps "Also read" lists fresh."""

@@ -1,0 +1,1 @@
+"""The notifier worker: fans new articles out to email and webhook subscribers."""

@@ -1,0 +1,17 @@
+"""The notifier's tasks: thin wrappers around the consumer base."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from services.notifier.handlers import HANDLERS
+from shared.bus import NOTIFIER, consumer_task
+from shared.celery import CONSUMER_TASK_OPTIONS
+from shared.consumer import Consumer
+from shared.runtime import Runtime
+
+
+def register(app: Celery, runtime: Runtime) -> None:
+    @app.task(name=consumer_task(NOTIFIER), **CONSUMER_TASK_OPTIONS)
+    def consume(envelope: dict) -> str:
+        return Consumer(NOTIFIER, runtime.db, HANDLERS).consume(envelope)

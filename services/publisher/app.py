@@ -1,0 +1,90 @@
+"""The publisher's Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from services.publisher import health
+from services.publisher.articles.routes import blp as articles_blp
+from services.publisher.errors import PressroomApi, error_response, register_error_handlers
+from services.publisher.state import PublisherState
+from shared.bus import CelerySender, Relay, Sender
+from shared.celery import create_celery
+from shared.config import Settings
+from shared.db import Database
+from shared.errors import Conflict, InvalidTransition
+from shared.logs import configure_logging
+
+MAX_BODY = 1 << 20  # 1 MiB
+
+
+def create_app(
+    settings: Settings | None = None, *, db: Database | None = None, sender: Sender | None = None
+) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        API_TITLE="Pressroom",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/api/v1/docs/assets/",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}],
+        },
+    )
+    db = db or Database(settings.database_url)
+    sender = sender or CelerySender(create_celery(settings, "publisher"))
+    app.extensions["pressroom"] = PublisherState(settings, db, Relay(db, sender))
+
+    register_error_handlers(app)
+    _register_domain_errors(app)
+    app.before_request(_require_json_body)
+
+    api = PressroomApi(app)
+    api.register_blueprint(articles_blp)
+    app.register_blueprint(health.blp)
+    _serve_swagger_assets(app)
+    return app
+
+
+def _require_json_body() -> None:
+    """A request that carries a body must say it is JSON (415 otherwise)."""
+    if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
+        return
+    has_body = bool(request.content_length) or "chunked" in request.headers.get(
+        "Transfer-Encoding", ""
+    )
+    if has_body and not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json.")
+
+
+def _register_domain_errors(app: Flask) -> None:
+    @app.errorhandler(Conflict)
+    def _conflict(error: Conflict):  # type: ignore[no-untyped-def]
+        return error_response(409, str(error), error.code)
+
+    @app.errorhandler(InvalidTransition)
+    def _transition(error: InvalidTransition):  # type: ignore[no-untyped-def]
+        return error_response(
+            409,
+            str(error),
+            "invalid_transition",
+            {"status": error.current, "wanted": error.wanted},
+        )
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    """Swagger UI's files come from the installed swagger-ui-bundle, never from a CDN."""
+    import swagger_ui_bundle
+    from flask import send_from_directory
+
+    @app.get("/api/v1/docs/assets/<path:filename>")
+    def swagger_assets(filename: str):  # type: ignore[no-untyped-def]
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)

@@ -1,0 +1,106 @@
+"""Reading articles back: filters, cursor pages, the event and history views."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, literal_column, or_, select, text
+from sqlalchemy.orm import Session
+
+from shared.bus import ROUTES
+from shared.models import Article, ArticleHistory, ConsumedEvent, OutboxEvent
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(article: Article) -> str:
+    raw = f"{article.created_at.isoformat()}|{article.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, article_id = raw.partition("|")
+        return datetime.fromisoformat(when), article_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor(cursor) from None
+
+
+def _has_tag(session: Session, tag: str) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return text("CAST(articles.tags AS jsonb) ? :tag").bindparams(tag=tag)
+    each = func.json_each(Article.tags).table_valued("value")
+    return exists(select(literal_column("1")).select_from(each).where(each.c.value == tag))
+
+
+def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article], str | None]:
+    query: Select[tuple[Article]] = select(Article)
+    for name in ("status", "section"):
+        if args.get(name):
+            query = query.where(getattr(Article, name) == args[name])
+    if args.get("tag"):
+        query = query.where(_has_tag(session, args["tag"]))
+    if args.get("q"):
+        pattern = f"%{args['q']}%"
+        query = query.where(or_(Article.title.ilike(pattern), Article.summary.ilike(pattern)))
+    if args.get("cursor"):
+        created, article_id = decode_cursor(args["cursor"])
+        query = query.where(
+            or_(
+                Article.created_at < created,
+                and_(Article.created_at == created, Article.id < article_id),
+            )
+        )
+    limit = args["limit"]
+    rows = list(
+        session.scalars(
+            query.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit + 1)
+        )
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def event_view(session: Session, article_id: str) -> list[dict[str, Any]]:
+    """Each event of the article with, per subscribed consumer, when it was consumed."""
+    rows = session.scalars(
+        select(OutboxEvent)
+        .where(OutboxEvent.article_id == article_id)
+        .order_by(OutboxEvent.position)
+    ).all()
+    consumed: dict[tuple[str, str], datetime] = {
+        (c.event_id, c.consumer): c.consumed_at
+        for c in session.scalars(
+            select(ConsumedEvent).where(ConsumedEvent.event_id.in_([r.event_id for r in rows]))
+        )
+    }
+    return [
+        {
+            "id": row.event_id,
+            "type": row.type,
+            "version": row.envelope["data"]["version"],
+            "time": datetime.fromisoformat(row.envelope["time"]),
+            "relayed_at": row.relayed_at,
+            "consumers": [
+                {"consumer": name, "consumed_at": consumed.get((row.event_id, name))}
+                for name in ROUTES.get(row.type, ())
+            ],
+        }
+        for row in rows
+    ]
+
+
+def history(session: Session, article_id: str) -> list[ArticleHistory]:
+    return list(
+        session.scalars(
+            select(ArticleHistory)
+            .where(ArticleHistory.article_id == article_id)
+            .order_by(ArticleHistory.id)
+        )
+    )

@@ -1,0 +1,197 @@
+"""The articles API: /api/v1/articles and its sub-resources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from flask import Response, jsonify, request
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy.orm import Session
+
+from services.publisher.articles import queries, service
+from services.publisher.articles.schemas import (
+    ActionSchema,
+    ArticleCreateSchema,
+    ArticlePageSchema,
+    ArticleQueryArgsSchema,
+    ArticleSchema,
+    ArticleUpdateSchema,
+    EventListSchema,
+    HistorySchema,
+)
+from services.publisher.auth import current_caller, require_role
+from services.publisher.state import state
+from shared.models import Article, IdempotencyRecord
+
+blp = Blueprint(
+    "articles", __name__, url_prefix="/api/v1/articles", description="Editors' articles API"
+)
+editor_only = [require_role("editor")]
+
+
+def load_article(session: Session, article_id: str) -> Article:
+    article = session.get(Article, article_id) if len(article_id) <= 36 else None
+    if article is None:
+        abort(404, message=f"No article with id {article_id}.")
+    return article
+
+
+def _etag(article: Article) -> dict[str, str]:
+    return {"ETag": f'"{article.version}"'}
+
+
+def _check_if_match(article: Article) -> None:
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return
+    wanted = header.strip().removeprefix("W/").strip('"')
+    if wanted != str(article.version):
+        abort(
+            412,
+            message=f"The article is at version {article.version}, not {wanted}.",
+            details={"current_version": article.version},
+        )
+
+
+def _fingerprint() -> str:
+    body = request.get_json(silent=True)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(session: Session, key: str) -> Response | None:
+    record = session.get(IdempotencyRecord, (current_caller().token_id, key))
+    if record is None:
+        return None
+    if record.request_hash != _fingerprint():
+        abort(
+            409,
+            message="This Idempotency-Key was used with a different request body.",
+            code="idempotency_key_reused",
+        )
+    response = jsonify(record.response)
+    response.status_code = record.status_code
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@blp.route("")
+class Articles(MethodView):
+    decorators = editor_only
+
+    @blp.arguments(ArticleQueryArgsSchema, location="query")
+    @blp.response(200, ArticlePageSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List articles, newest first, filtered by status, section, tag or text."""
+        with state().db.sessionmaker() as session:
+            try:
+                items, cursor = queries.list_articles(session, args)
+            except queries.BadCursor:
+                abort(422, message="The cursor is not valid.", details={"cursor": ["invalid"]})
+        return {"items": items, "next_cursor": cursor}
+
+    @blp.arguments(ArticleCreateSchema)
+    @blp.response(201, ArticleSchema)
+    @blp.alt_response(409, description="Slug taken, or Idempotency-Key reused with another body")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a draft, schedule it (publish_at) or publish it now (status: published)."""
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            abort(422, message="Idempotency-Key must be 1 to 255 characters.")
+        with state().db.transaction() as session:
+            if key and (replayed := _replay(session, key)) is not None:
+                return replayed
+            article = service.create_article(session, data, current_caller().actor)
+            if key:
+                session.flush()
+                session.add(
+                    IdempotencyRecord(
+                        token_id=current_caller().token_id,
+                        key=key,
+                        request_hash=_fingerprint(),
+                        status_code=201,
+                        response=ArticleSchema().dump(article),
+                    )
+                )
+        state().relay.relay([article.id])
+        return article, 201, _etag(article)
+
+
+@blp.route("/<article_id>")
+class ArticleById(MethodView):
+    decorators = editor_only
+
+    @blp.response(200, ArticleSchema)
+    def get(self, article_id: str) -> Any:
+        """One article."""
+        with state().db.sessionmaker() as session:
+            article = load_article(session, article_id)
+        return article, 200, _etag(article)
+
+    @blp.arguments(ArticleUpdateSchema)
+    @blp.response(200, ArticleSchema)
+    @blp.alt_response(412, description="If-Match names a version that is no longer current")
+    def patch(self, data: dict[str, Any], article_id: str) -> Any:
+        """Change some fields; send If-Match with the version you edited to avoid lost updates."""
+        with state().db.transaction() as session:
+            article = load_article(session, article_id)
+            _check_if_match(article)
+            changed = service.update_article(session, article, data, current_caller().actor)
+        if changed:
+            state().relay.relay([article.id])
+        return article, 200, _etag(article)
+
+
+def _action_view(action: str) -> type[MethodView]:
+    class ActionView(MethodView):
+        decorators = editor_only
+
+        @blp.arguments(ActionSchema, required=False)
+        @blp.response(200, ArticleSchema)
+        def post(self, data: dict[str, Any], article_id: str) -> Any:
+            with state().db.transaction() as session:
+                article = load_article(session, article_id)
+                service.apply_action(
+                    session,
+                    article,
+                    action,
+                    current_caller().actor,
+                    (data or {}).get("reason"),
+                    state().settings,
+                )
+            state().relay.relay([article.id])
+            return article, 200, _etag(article)
+
+    ActionView.__name__ = f"{action.capitalize()}Article"
+    ActionView.post.__doc__ = f"{action.capitalize()} the article; emits its event."
+    return ActionView
+
+
+for _action in service.ACTIONS:
+    blp.route(f"/<article_id>/{_action}")(_action_view(_action))
+
+
+@blp.route("/<article_id>/events")
+class ArticleEvents(MethodView):
+    decorators = editor_only
+
+    @blp.response(200, EventListSchema)
+    def get(self, article_id: str) -> dict[str, Any]:
+        """Events emitted for the article and when each consumer handled them."""
+        with state().db.sessionmaker() as session:
+            load_article(session, article_id)
+            return {"items": queries.event_view(session, article_id)}
+
+
+@blp.route("/<article_id>/history")
+class ArticleHistoryView(MethodView):
+    decorators = editor_only
+
+    @blp.response(200, HistorySchema)
+    def get(self, article_id: str) -> dict[str, Any]:
+        """Audit trail of status changes: who, when, from, to, why."""
+        with state().db.sessionmaker() as session:
+            load_article(session, article_id)
+            return {"items": queries.history(session, article_id)}

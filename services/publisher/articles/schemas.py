@@ -1,0 +1,142 @@
+"""Request and response schemas of the articles API."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from services.publisher.state import state
+
+SLUG = validate.Regexp(r"^[a-z0-9]+(?:-[a-z0-9]+)*$", error="lowercase words joined by hyphens")
+SECTION = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="a lowercase section name")
+
+
+def _when() -> fields.AwareDateTime:
+    return fields.AwareDateTime(default_timezone=UTC, allow_none=True)
+
+
+def _names(max_items: int) -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.Length(min=1, max=100)),
+        validate=validate.Length(max=max_items),
+    )
+
+
+class ArticleWriteSchema(Schema):
+    """Fields an editor may set on create and on update."""
+
+    title = fields.String(validate=validate.Length(min=1, max=300))
+    slug = fields.String(validate=[validate.Length(min=1, max=200), SLUG])
+    summary = fields.String(validate=validate.Length(max=2000))
+    body = fields.String(validate=validate.Length(max=500_000))
+    section = fields.String(allow_none=True, validate=SECTION)
+    tags = _names(50)
+    authors = _names(20)
+    media = fields.Url(allow_none=True, schemes={"http", "https"})
+    publish_at = _when()
+    published_at = _when()
+    archive_after = _when()
+    evergreen = fields.Boolean()
+
+
+class ArticleCreateSchema(ArticleWriteSchema):
+    title = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    body = fields.String(required=True, validate=validate.Length(max=500_000))
+    status = fields.String(
+        load_default="draft", validate=validate.OneOf(["draft", "scheduled", "published"])
+    )
+
+    @validates_schema
+    def _status_matches_schedule(self, data: dict, **_: object) -> None:
+        if data.get("status") == "scheduled" and not data.get("publish_at"):
+            raise ValidationError("a scheduled article needs publish_at", "publish_at")
+        if data.get("status") == "published" and data.get("publish_at"):
+            raise ValidationError("give publish_at to schedule, or status published", "status")
+
+
+class ArticleUpdateSchema(ArticleWriteSchema):
+    pass
+
+
+class ActionSchema(Schema):
+    reason = fields.String(validate=validate.Length(max=500), load_default=None, allow_none=True)
+
+
+class ArticleQueryArgsSchema(Schema):
+    status = fields.String(
+        validate=validate.OneOf(["draft", "scheduled", "published", "archived", "retracted"])
+    )
+    section = fields.String(validate=SECTION)
+    tag = fields.String(validate=validate.Length(min=1, max=100))
+    q = fields.String(validate=validate.Length(min=1, max=200))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class RelatedSchema(Schema):
+    id = fields.String()
+    slug = fields.String()
+    title = fields.String()
+
+
+class ArticleSchema(Schema):
+    id = fields.String()
+    slug = fields.String()
+    title = fields.String()
+    summary = fields.String()
+    body = fields.String()
+    section = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+    authors = fields.List(fields.String())
+    media = fields.String(allow_none=True)
+    status = fields.String()
+    publish_at = fields.AwareDateTime(allow_none=True)
+    published_at = fields.AwareDateTime(allow_none=True)
+    archived_at = fields.AwareDateTime(allow_none=True)
+    archive_reason = fields.String(allow_none=True)
+    archive_after = fields.AwareDateTime(allow_none=True)
+    evergreen = fields.Boolean()
+    version = fields.Integer()
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+    url = fields.Method("_url")
+    related = fields.List(fields.Nested(RelatedSchema), dump_default=list)
+
+    def _url(self, article: object) -> str:
+        return f"{state().settings.public_base_url}/articles/{article.slug}"  # type: ignore[attr-defined]
+
+
+class ArticlePageSchema(Schema):
+    items = fields.List(fields.Nested(ArticleSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ConsumptionSchema(Schema):
+    consumer = fields.String()
+    consumed_at = fields.AwareDateTime(allow_none=True)
+
+
+class EventViewSchema(Schema):
+    id = fields.String()
+    type = fields.String()
+    version = fields.Integer()
+    time = fields.AwareDateTime()
+    relayed_at = fields.AwareDateTime(allow_none=True)
+    consumers = fields.List(fields.Nested(ConsumptionSchema))
+
+
+class EventListSchema(Schema):
+    items = fields.List(fields.Nested(EventViewSchema))
+
+
+class HistoryEntrySchema(Schema):
+    at = fields.AwareDateTime()
+    actor = fields.String()
+    from_status = fields.String(data_key="from", allow_none=True)
+    to_status = fields.String(data_key="to")
+    reason = fields.String(allow_none=True)
+
+
+class HistorySchema(Schema):
+    items = fields.List(fields.Nested(HistoryEntrySchema))

@@ -1,0 +1,132 @@
+"""What editors do to articles, as functions of a session: no Flask in here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import events, lifecycle
+from shared.config import Settings
+from shared.content import sanitise_html, unique_slug
+from shared.db import new_id, utcnow
+from shared.errors import Conflict, InvalidTransition
+from shared.models import Article
+from shared.models import ArticleStatus as S
+
+EDITABLE = (
+    "title", "slug", "summary", "body", "section", "tags", "authors", "media",
+    "publish_at", "published_at", "archive_after", "evergreen",
+)  # fmt: skip
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {k: v for k, v in data.items() if k in EDITABLE}
+    if "body" in cleaned:
+        cleaned["body"] = sanitise_html(cleaned["body"])
+    if "summary" in cleaned:
+        cleaned["summary"] = cleaned["summary"].strip()
+    return cleaned
+
+
+def _ensure_slug_free(session: Session, slug: str, article_id: str | None = None) -> None:
+    holder = session.scalar(select(Article.id).where(Article.slug == slug))
+    if holder is not None and holder != article_id:
+        raise Conflict(f"The slug {slug!r} is taken by another article.", "slug_taken")
+
+
+def create_article(
+    session: Session, data: dict[str, Any], actor: str, now: datetime | None = None
+) -> Article:
+    """Create a draft, a scheduled article (publish_at ahead) or a published one."""
+    now = now or utcnow()
+    fields = _clean(data)
+    if fields.get("slug"):
+        _ensure_slug_free(session, fields["slug"])
+    else:
+        fields["slug"] = unique_slug(session, fields["title"])
+    article = Article(
+        id=new_id(),
+        **{"summary": "", "tags": [], "authors": [], "evergreen": False, **fields},
+        status=S.DRAFT,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(article)
+    publish_at = fields.get("publish_at")
+    wanted = data.get("status", S.DRAFT)
+    if publish_at is not None and publish_at > now:
+        article.status = S.SCHEDULED
+    elif wanted == S.PUBLISHED or publish_at is not None:
+        article.status = S.PUBLISHED
+        article.published_at = fields.get("published_at") or publish_at or now
+        article.publish_at = None
+    lifecycle.record(session, article, None, actor, "created")
+    if article.status == S.PUBLISHED:
+        lifecycle.announce(session, article, events.ARTICLE_PUBLISHED)
+    return article
+
+
+def update_article(session: Session, article: Article, data: dict[str, Any], actor: str) -> bool:
+    """Apply an editor's partial update; returns whether anything changed."""
+    if article.status == S.RETRACTED:
+        raise Conflict("A retracted article cannot be edited.", "article_retracted")
+    changes = {k: v for k, v in _clean(data).items() if getattr(article, k) != v}
+    if not changes:
+        return False
+    if "slug" in changes:
+        _ensure_slug_free(session, changes["slug"], article.id)
+    if "publish_at" in changes and article.status not in (S.DRAFT, S.SCHEDULED):
+        raise Conflict("publish_at can only be changed before publication.", "already_published")
+    for name, value in changes.items():
+        setattr(article, name, value)
+    now = utcnow()
+    before = article.status
+    if "publish_at" in changes:
+        article.status = S.SCHEDULED if article.publish_at else S.DRAFT
+        if article.publish_at is not None and article.publish_at <= now:
+            article.status = before  # due now: publish through the normal transition below
+            lifecycle.transition(session, article, S.PUBLISHED, actor=actor, now=now)
+            return True
+    lifecycle.touch(article, now)
+    if article.status != before:
+        lifecycle.record(session, article, before, actor, "schedule changed")
+    if article.status in (S.PUBLISHED, S.ARCHIVED):
+        lifecycle.announce(session, article, events.ARTICLE_UPDATED)
+    return True
+
+
+ACTIONS = {
+    "publish": S.PUBLISHED,
+    "archive": S.ARCHIVED,
+    "unarchive": S.PUBLISHED,
+    "retract": S.RETRACTED,
+}
+
+
+def apply_action(
+    session: Session,
+    article: Article,
+    action: str,
+    actor: str,
+    reason: str | None,
+    settings: Settings,
+) -> None:
+    """publish, archive, unarchive or retract, with the editor's reason."""
+    to = ACTIONS[action]
+    if action == "unarchive" and article.status != S.ARCHIVED:
+        raise InvalidTransition(article.status, "unarchived")
+    if action == "publish" and article.status not in (S.DRAFT, S.SCHEDULED):
+        raise InvalidTransition(article.status, to)
+    now = utcnow()
+    if action == "archive":
+        reason = reason or "manual"
+    lifecycle.transition(session, article, to, actor=actor, reason=reason, now=now)
+    if action == "unarchive":
+        # A full new age from today, so the next sweep does not archive it straight back.
+        article.archive_after = lifecycle.unarchive_until(
+            article, settings.archive_age_days(article.section), now
+        )

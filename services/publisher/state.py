@@ -1,0 +1,23 @@
+"""What the publisher holds for the life of the app: settings, the database, the relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from shared.bus import Relay
+from shared.config import Settings
+from shared.db import Database
+
+
+@dataclass
+class PublisherState:
+    settings: Settings
+    db: Database
+    relay: Relay
+
+
+def state() -> PublisherState:
+    found: PublisherState = current_app.extensions["pressroom"]
+    return found

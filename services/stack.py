@@ -1,0 +1,197 @@
+"""``pressroom up``: run the whole stack in the foreground and stop all of it together.
+
+Children: the embedded Redis (when REDIS_URL is unset), gunicorn serving the publisher, the
+archiver and notifier workers, and Celery beat. Each child's output is prefixed with its name.
+Ctrl-C or SIGTERM stops every child (its whole process group); if one child dies, the rest
+are stopped too, so a half-running stack never pretends to be up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.config import Settings
+from shared.db import make_engine
+from shared.embedded_redis import server_argv, wait_until_ready
+from shared.migrate import upgrade
+
+STOP_GRACE_S = 15
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the supervisor is killed, the kernel ends the child."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str], out_lock: threading.Lock) -> None:
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.pump = threading.Thread(target=self._prefix, args=(out_lock,), daemon=True)
+        self.pump.start()
+
+    def _prefix(self, out_lock: threading.Lock) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        label = f"{self.name:<9}| ".encode()
+        for line in iter(self.proc.stdout.readline, b""):
+            with out_lock:
+                sys.stdout.buffer.write(label + line)
+                sys.stdout.buffer.flush()
+
+    def signal(self, sig: int) -> None:
+        # The whole group: a Celery worker's pool processes outlive a leader that exited.
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def group_alive(self) -> bool:
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        self.proc.poll()  # reap the leader if it has exited
+        return True
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def plan(settings: Settings) -> list[Child]:
+    children = []
+    if settings.embedded_redis:
+        children.append(
+            Child("redis", server_argv(settings.var_dir / "redis", socket=settings.redis_socket))
+        )
+    children += [
+        Child(
+            "publisher",
+            _python(
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{settings.port}",
+                "--workers",
+                str(settings.web_workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
+                "--graceful-timeout",
+                "10",
+                "--no-control-socket",
+                "--worker-tmp-dir",
+                "/dev/shm" if Path("/dev/shm").is_dir() else "/tmp",
+                "services.publisher.wsgi:app",
+            ),  # fmt: skip
+        ),
+        Child("archiver", _python("-m", "services.cli", "worker", "archiver")),
+        Child("notifier", _python("-m", "services.cli", "worker", "notifier")),
+        Child("beat", _python("-m", "services.cli", "beat")),
+    ]
+    return children
+
+
+def up(settings: Settings) -> int:
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, VAR_DIR=str(settings.var_dir), PYTHONUNBUFFERED="1")
+    out_lock = threading.Lock()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    children = plan(settings)
+    started: list[Child] = []
+    code = 0
+    try:
+        for child in children:
+            if stop.is_set():
+                break
+            child.start(env, out_lock)
+            started.append(child)
+            if child.name == "redis":
+                wait_until_ready(settings.redis_client_url, child.proc)
+                _say(out_lock, f"embedded redis on {settings.redis_socket}")
+                upgrade_database(settings, out_lock)
+        if not settings.embedded_redis:
+            upgrade_database(settings, out_lock)
+        _say(out_lock, f"publisher on http://127.0.0.1:{settings.port} (Ctrl-C stops everything)")
+        code = _watch(started, stop, out_lock)
+    finally:
+        _stop_all(started, out_lock)
+    return code
+
+
+def upgrade_database(settings: Settings, out_lock: threading.Lock) -> None:
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    _say(out_lock, "database schema is up to date")
+
+
+def _watch(children: list[Child], stop: threading.Event, out_lock: threading.Lock) -> int:
+    while not stop.wait(0.5):
+        for child in children:
+            if child.proc is not None and child.proc.poll() is not None:
+                _say(out_lock, f"{child.name} exited with {child.proc.returncode}; stopping")
+                return 1
+    return 0
+
+
+def _stop_all(children: list[Child], out_lock: threading.Lock) -> None:
+    # The broker goes last, so workers can hand back what they hold.
+    for child in reversed(children):
+        if child.name != "redis":
+            child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while any(c.group_alive() for c in children if c.name != "redis"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for child in children:
+        if child.name == "redis":
+            child.signal(signal.SIGTERM)
+    while any(c.group_alive() for c in children) and time.monotonic() < deadline + 5:
+        time.sleep(0.1)
+    for child in children:
+        if child.group_alive():
+            _say(out_lock, f"{child.name} did not stop in time; killing it")
+            child.signal(signal.SIGKILL)
+    for child in children:
+        if child.pump is not None:
+            child.pump.join(timeout=2)
+    _say(out_lock, "stopped")
+
+
+def _say(out_lock: threading.Lock, message: str) -> None:
+    with out_lock:
+        sys.stdout.write(f"{'pressroom':<9}| {message}\n")
+        sys.stdout.flush()

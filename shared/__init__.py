@@ -1,0 +1,1 @@
+"""Pressroom's common package: configuration, database, event contracts, the Celery factory."""

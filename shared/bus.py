@@ -1,0 +1,129 @@
+"""Where events go: the routing table, the outbox write, and the relay to the broker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session, aliased
+
+from shared import events
+from shared.db import Database, is_postgres, utcnow
+from shared.models import OutboxEvent
+
+log = logging.getLogger(__name__)
+
+ARCHIVER = "archiver"
+NOTIFIER = "notifier"
+CONSUMERS = (ARCHIVER, NOTIFIER)
+
+# event type -> the consumer queues that subscribe to it (DESIGN.md, "Events")
+ROUTES: dict[str, tuple[str, ...]] = {
+    events.ARTICLE_PUBLISHED: (ARCHIVER, NOTIFIER),
+    events.ARTICLE_UPDATED: (ARCHIVER,),
+    events.ARTICLE_ARCHIVED: (ARCHIVER,),
+    events.ARTICLE_UNARCHIVED: (ARCHIVER,),
+    events.ARTICLE_RETRACTED: (ARCHIVER, NOTIFIER),
+}
+
+
+def consumer_task(queue: str) -> str:
+    """The task name each consumer service registers for the events on its queue."""
+    return f"{queue}.consume"
+
+
+class Sender(Protocol):
+    def send(self, queue: str, envelope: dict[str, Any]) -> None: ...
+
+
+class CelerySender:
+    """Hands an envelope to a consumer queue by task name; fails fast if the broker is down."""
+
+    def __init__(self, celery_app: Any):
+        self.celery = celery_app
+
+    def send(self, queue: str, envelope: dict[str, Any]) -> None:
+        self.celery.send_task(
+            consumer_task(queue), args=[envelope], queue=queue, retry=False, ignore_result=True
+        )
+
+
+def emit(session: Session, event_type: str, data: dict[str, Any]) -> OutboxEvent:
+    """Write an event to the outbox, in the caller's transaction."""
+    envelope = events.make_envelope(event_type, data)
+    row = OutboxEvent(
+        event_id=envelope["id"],
+        type=event_type,
+        article_id=data["article_id"],
+        envelope=envelope,
+    )
+    session.add(row)
+    return row
+
+
+def _next_pending(session: Session, article_ids: Sequence[str] | None, limit: int):  # type: ignore[no-untyped-def]
+    """The oldest unrelayed event of each article: later ones wait, so order is kept."""
+    earlier = aliased(OutboxEvent)
+    query = (
+        select(OutboxEvent)
+        .where(OutboxEvent.relayed_at.is_(None))
+        .where(
+            ~exists().where(
+                and_(
+                    earlier.article_id == OutboxEvent.article_id,
+                    earlier.relayed_at.is_(None),
+                    earlier.position < OutboxEvent.position,
+                )
+            )
+        )
+        .order_by(OutboxEvent.position)
+        .limit(limit)
+    )
+    if article_ids is not None:
+        query = query.where(OutboxEvent.article_id.in_(article_ids))
+    if is_postgres(session):
+        # Relays in other processes skip what this one holds instead of sending it twice.
+        query = query.with_for_update(skip_locked=True, of=OutboxEvent)
+    return query
+
+
+class Relay:
+    """Publishes outbox rows to their queues, oldest first, each article's events in order."""
+
+    def __init__(self, db: Database, sender: Sender, batch: int = 500):
+        self.db = db
+        self.sender = sender
+        self.batch = batch
+
+    def relay(self, article_ids: Iterable[str] | None = None) -> int:
+        """Relay what is pending (for these articles, or all); returns how many were sent.
+
+        Stops quietly at the first broker failure: what was not sent stays in the outbox for
+        the next sweep.
+        """
+        ids = sorted(set(article_ids)) if article_ids is not None else None
+        sent = 0
+        while True:
+            with self.db.transaction() as session:
+                rows = session.scalars(_next_pending(session, ids, self.batch)).all()
+                done, failed = self._send(rows)
+                now = utcnow()
+                for row in rows[:done]:
+                    row.relayed_at = now
+                if failed:
+                    rows[done].attempts += 1
+            sent += done
+            if failed or not rows:
+                return sent
+
+    def _send(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
+        for index, row in enumerate(rows):
+            try:
+                for queue in ROUTES[row.type]:
+                    self.sender.send(queue, row.envelope)
+            except Exception as exc:  # the broker's errors vary by transport
+                log.warning("outbox relay stopped, event stays pending: %s", exc)
+                return index, True
+        return len(rows), False

@@ -1,0 +1,68 @@
+"""The Celery app factory every service uses, and the one place its delivery settings live."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+
+from shared.config import Settings
+from shared.errors import TransientError
+
+# A message taken but not acknowledged comes back after this long. Every task's hard time
+# limit stays well under it, so a running task is never handed to a second worker.
+VISIBILITY_TIMEOUT_S = 3600
+TASK_TIME_LIMIT_S = 600
+
+# How every event consumer task is declared: acknowledged after it ran, transient failures
+# retried with a growing delay (capped well under a minute), then left to the dead letters.
+CONSUMER_TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "ignore_result": True,
+    "autoretry_for": (TransientError, OperationalError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "max_retries": 8,
+}
+
+
+def create_celery(settings: Settings, name: str) -> Celery:
+    app = Celery(name, broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Periodic jobs. Each expires before the next one is due, so a backlog never piles them up."""
+
+    def every(seconds: int, task: str, queue: str) -> dict[str, Any]:
+        return {
+            "task": task,
+            "schedule": timedelta(seconds=seconds),
+            "options": {"queue": queue, "expires": seconds},
+        }
+
+    return {
+        "outbox-sweep": every(settings.outbox_sweep_seconds, "pressroom.outbox_sweep", "archiver"),
+        "publish-due": every(settings.schedule_sweep_seconds, "pressroom.publish_due", "archiver"),
+    }

@@ -1,0 +1,136 @@
+"""Settings from the environment: the only module that reads ``os.environ``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+NEVER = None  # an archive age of "never" in ARCHIVE_POLICY
+
+
+def parse_archive_policy(text: str) -> dict[str, int | None]:
+    """Parse ``news=30,sport=90,features=never`` into ``{section: days or None}``."""
+    policy: dict[str, int | None] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        section, sep, age = (s.strip() for s in part.partition("="))
+        if not sep or not section:
+            raise ConfigError(f"ARCHIVE_POLICY: {part!r} is not section=days")
+        if age.lower() == "never":
+            policy[section] = NEVER
+        elif age.isdigit() and int(age) > 0:
+            policy[section] = int(age)
+        else:
+            raise ConfigError(
+                f"ARCHIVE_POLICY: {part!r} needs a positive number of days or 'never'"
+            )
+    return policy
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs given in the common ``postgresql://`` form."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    database_url: str
+    redis_url: str | None
+    public_base_url: str = "http://127.0.0.1:8000"
+    secret_key: str = field(default="", repr=False)
+    smtp_url: str | None = None
+    archive_after_days: int = 180
+    archive_policy: dict[str, int | None] = field(default_factory=dict)
+    archive_sweep_seconds: int = 600
+    outbox_sweep_seconds: int = 5
+    schedule_sweep_seconds: int = 5
+    webhook_allow_private: bool = False
+    port: int = 8000
+    web_workers: int = 2
+    worker_concurrency: int = 2
+    log_level: str = "INFO"
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.var_dir / "redis.sock"
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: REDIS_URL, or the embedded server's unix socket."""
+        return self.redis_url or f"redis+socket://{self.redis_socket}"
+
+    @property
+    def redis_client_url(self) -> str:
+        """The same server in the form redis-py understands."""
+        return self.redis_url or f"unix://{self.redis_socket}"
+
+    def archive_age_days(self, section: str | None) -> int | None:
+        """Days after publication at which a story of this section is archived (None: never)."""
+        if section is not None and section in self.archive_policy:
+            return self.archive_policy[section]
+        return self.archive_after_days
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        var_dir = Path(env.get("VAR_DIR") or "var").resolve()
+        port = _int(env, "PORT", 8000)
+        return cls(
+            var_dir=var_dir,
+            database_url=normalise_database_url(
+                env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'pressroom.db'}"
+            ),
+            redis_url=env.get("REDIS_URL") or None,
+            public_base_url=(env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
+            secret_key=env.get("SECRET_KEY") or _stored_secret(var_dir),
+            smtp_url=env.get("SMTP_URL") or None,
+            archive_after_days=_int(env, "ARCHIVE_AFTER_DAYS", 180),
+            archive_policy=parse_archive_policy(env.get("ARCHIVE_POLICY", "")),
+            archive_sweep_seconds=_int(env, "ARCHIVE_SWEEP_SECONDS", 600),
+            outbox_sweep_seconds=_int(env, "OUTBOX_SWEEP_SECONDS", 5),
+            schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),
+            webhook_allow_private=_bool(env.get("WEBHOOK_ALLOW_PRIVATE")),
+            port=port,
+            web_workers=_int(env, "WEB_CONCURRENCY", 2),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        )
+
+
+def _stored_secret(var_dir: Path) -> str:
+    """The secret key generated into ``VAR_DIR`` on first use, so restarts keep links valid."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
+                fh.write(secrets.token_urlsafe(48))
+        except FileExistsError:
+            pass  # another process of the stack wrote it first
+    return path.read_text().strip()

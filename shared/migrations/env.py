@@ -1,0 +1,17 @@
+"""Alembic environment: runs against the connection ``shared.migrate`` hands over."""
+
+from alembic import context
+
+from shared import models  # noqa: F401  (registers every table on Base.metadata)
+from shared.db import Base
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

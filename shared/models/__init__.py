@@ -1,0 +1,16 @@
+"""SQLAlchemy models, one module per aggregate."""
+
+from shared.models.article import Article, ArticleHistory, ArticleStatus
+from shared.models.auth import ApiToken, IdempotencyRecord
+from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent
+
+__all__ = [
+    "ApiToken",
+    "Article",
+    "ArticleHistory",
+    "ArticleStatus",
+    "ConsumedEvent",
+    "DeadLetter",
+    "IdempotencyRecord",
+    "OutboxEvent",
+]

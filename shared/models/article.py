@@ -1,0 +1,80 @@
+"""The article aggregate: the story itself and the audit trail of its status changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base, UTCDateTime, new_id, utcnow
+
+
+class ArticleStatus(StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    PUBLISHED = "published"
+    ARCHIVED = "archived"
+    RETRACTED = "retracted"
+
+
+class Article(Base):
+    __tablename__ = "articles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    section: Mapped[str | None] = mapped_column(String(64), index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    authors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    media: Mapped[str | None] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16), default=ArticleStatus.DRAFT)
+    publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archive_reason: Mapped[str | None] = mapped_column(String(500))
+    archive_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    evergreen: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_articles_status_published_at", "status", "published_at"),
+        Index("ix_articles_status_publish_at", "status", "publish_at"),
+    )
+
+    def snapshot(self) -> dict[str, Any]:
+        """What consumers need to know about the article, as plain JSON values."""
+        return {
+            "article_id": self.id,
+            "version": self.version,
+            "slug": self.slug,
+            "title": self.title,
+            "summary": self.summary,
+            "section": self.section,
+            "tags": list(self.tags or []),
+            "authors": list(self.authors or []),
+            "status": self.status,
+            "published_at": self.published_at.isoformat() if self.published_at else None,
+        }
+
+
+class ArticleHistory(Base):
+    """One row per status change: who, when, from, to, why."""
+
+    __tablename__ = "article_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    article_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("articles.id", ondelete="CASCADE"), index=True
+    )
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(500))

@@ -1,0 +1,69 @@
+"""The transactional outbox, the consumers' ledger and the dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base, UTCDateTime, utcnow
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it describes.
+
+    ``position`` orders events as they were written; ``relayed_at`` is set once the relay
+    has handed the event to every subscribed queue.
+    """
+
+    __tablename__ = "outbox"
+
+    position: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    article_id: Mapped[str] = mapped_column(String(36), index=True)
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index(
+            "ix_outbox_pending",
+            "article_id",
+            "position",
+            sqlite_where=text("relayed_at IS NULL"),
+            postgresql_where=text("relayed_at IS NULL"),
+        ),
+    )
+
+
+class ConsumedEvent(Base):
+    """The consumer ledger: one row per (event, consumer), written with the consumer's effect."""
+
+    __tablename__ = "consumed_events"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    article_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    consumed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetter(Base):
+    """A message a consumer could not handle, kept with the reason for ops to read and replay."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(32), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(36))
+    payload: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
