@@ -110,7 +110,7 @@ def import_csv(path: Path, status: str) -> None:
         sys.exit(1)
 
 
-def _progress(total_bytes: int):  # type: ignore[no-untyped-def]
+def _progress(total_bytes: int):
     return click.progressbar(length=total_bytes, label="importing", file=sys.stderr)
 
 

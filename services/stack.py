@@ -109,7 +109,7 @@ def plan(settings: Settings) -> list[Child]:
                 "--worker-tmp-dir",
                 "/dev/shm" if Path("/dev/shm").is_dir() else "/tmp",
                 "services.publisher.wsgi:app",
-            ),  # fmt: skip
+            ),
         ),
         Child("archiver", _python("-m", "services.cli", "worker", "archiver")),
         Child("notifier", _python("-m", "services.cli", "worker", "notifier")),

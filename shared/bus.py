@@ -63,7 +63,7 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> OutboxEvent
     return row
 
 
-def _next_pending(session: Session, article_ids: Sequence[str] | None, limit: int):  # type: ignore[no-untyped-def]
+def _next_pending(session: Session, article_ids: Sequence[str] | None, limit: int):
     """The oldest unrelayed event of each article: later ones wait, so order is kept."""
     earlier = aliased(OutboxEvent)
     query = (

@@ -53,17 +53,17 @@ def new_id() -> str:
 def make_engine(url: str, **kwargs: object) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and writer-first transactions."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)  # type: ignore[arg-type]
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 3})
-    return create_engine(url, **kwargs)  # type: ignore[arg-type]
+    return create_engine(url, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -73,7 +73,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # type: ignore[no-untyped-def]
+    def _on_begin(conn):
         # Several processes write this one file. BEGIN IMMEDIATE takes the write lock up front
         # (waiting up to busy_timeout) instead of failing when a reader later tries to write.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

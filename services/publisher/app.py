@@ -67,11 +67,11 @@ def _require_json_body() -> None:
 
 def _register_domain_errors(app: Flask) -> None:
     @app.errorhandler(Conflict)
-    def _conflict(error: Conflict):  # type: ignore[no-untyped-def]
+    def _conflict(error: Conflict):
         return error_response(409, str(error), error.code)
 
     @app.errorhandler(InvalidTransition)
-    def _transition(error: InvalidTransition):  # type: ignore[no-untyped-def]
+    def _transition(error: InvalidTransition):
         return error_response(
             409,
             str(error),
@@ -86,5 +86,5 @@ def _serve_swagger_assets(app: Flask) -> None:
     from flask import send_from_directory
 
     @app.get("/api/v1/docs/assets/<path:filename>")
-    def swagger_assets(filename: str):  # type: ignore[no-untyped-def]
+    def swagger_assets(filename: str):
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)

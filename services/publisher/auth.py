@@ -8,8 +8,8 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import g, request
-from flask_smorest import abort
 
+from services.publisher.errors import fail
 from services.publisher.state import state
 from shared.tokens import GRANTS, find_token
 
@@ -36,11 +36,11 @@ def _authenticate() -> Caller:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        abort(401, message="A bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+        fail(401, "A bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
     with state().db.sessionmaker() as session:
         found = find_token(session, token.strip())
     if found is None:
-        abort(
+        fail(
             401, message="The token is invalid or revoked.", headers={"WWW-Authenticate": "Bearer"}
         )
     return Caller(token_id=found.id, name=found.name, role=found.role)
@@ -54,7 +54,7 @@ def require_role(role: str) -> Callable[[F], F]:
         def guarded(*args: Any, **kwargs: Any) -> Any:
             caller = _authenticate()
             if role not in GRANTS.get(caller.role, frozenset()):
-                abort(403, message=f"This needs the {role} role; the token has {caller.role}.")
+                fail(403, f"This needs the {role} role; the token has {caller.role}.")
             g.caller = caller
             return view(*args, **kwargs)
 

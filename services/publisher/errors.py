@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
-from flask_smorest import Api
+from flask_smorest import Api, abort
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -88,10 +88,16 @@ def _drain_request_body() -> None:
         remaining -= len(chunk)
 
 
+def fail(status: int, message: str, **extra: Any) -> NoReturn:
+    """Stop the request with an error in the one shape (``code``, ``details``, ``headers``)."""
+    abort(status, message=message, **extra)
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
 class PressroomApi(Api):
     """flask-smorest's Api with Pressroom's error shape instead of its own."""
 
-    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+    def handle_http_exception(self, error: HTTPException) -> Response:
         return from_http_exception(error)
 
 

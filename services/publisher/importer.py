@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -70,7 +70,8 @@ class ImportReport:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-Progress = Callable[[int], AbstractContextManager[Any]]
+# Given the total size, returns a context manager with ``update(n)`` (click's progress bar).
+Progress = Callable[[int], Any]
 
 
 def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
@@ -117,7 +118,7 @@ def _load(db: Database, path: Path, status: str, progress: Progress | None) -> I
     batch: list[dict[str, Any]] = []
     bar = progress(path.stat().st_size) if progress else None
     done = 0
-    with bar if bar is not None else _nothing():
+    with bar if bar is not None else nullcontext():
         for line, offset, raw in _rows(path):
             try:
                 row = schema.load(raw)
@@ -134,11 +135,6 @@ def _load(db: Database, path: Path, status: str, progress: Progress | None) -> I
         if batch:
             report.imported += _insert(db, batch)
     return report
-
-
-class _nothing(AbstractContextManager[None]):
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str, Any]:

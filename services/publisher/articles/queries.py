@@ -58,7 +58,7 @@ def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article]
             )
         )
     limit = args["limit"]
-    rows = list(
+    rows: list[Article] = list(
         session.scalars(
             query.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit + 1)
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from sqlalchemy.orm import Session
 
 from services.publisher.articles import queries, service
@@ -23,6 +23,7 @@ from services.publisher.articles.schemas import (
     HistorySchema,
 )
 from services.publisher.auth import current_caller, require_role
+from services.publisher.errors import fail
 from services.publisher.state import state
 from shared.models import Article, IdempotencyRecord
 
@@ -35,7 +36,7 @@ editor_only = [require_role("editor")]
 def load_article(session: Session, article_id: str) -> Article:
     article = session.get(Article, article_id) if len(article_id) <= 36 else None
     if article is None:
-        abort(404, message=f"No article with id {article_id}.")
+        fail(404, f"No article with id {article_id}.")
     return article
 
 
@@ -49,9 +50,9 @@ def _check_if_match(article: Article) -> None:
         return
     wanted = header.strip().removeprefix("W/").strip('"')
     if wanted != str(article.version):
-        abort(
+        fail(
             412,
-            message=f"The article is at version {article.version}, not {wanted}.",
+            f"The article is at version {article.version}, not {wanted}.",
             details={"current_version": article.version},
         )
 
@@ -66,9 +67,9 @@ def _replay(session: Session, key: str) -> Response | None:
     if record is None:
         return None
     if record.request_hash != _fingerprint():
-        abort(
+        fail(
             409,
-            message="This Idempotency-Key was used with a different request body.",
+            "This Idempotency-Key was used with a different request body.",
             code="idempotency_key_reused",
         )
     response = jsonify(record.response)
@@ -89,7 +90,7 @@ class Articles(MethodView):
             try:
                 items, cursor = queries.list_articles(session, args)
             except queries.BadCursor:
-                abort(422, message="The cursor is not valid.", details={"cursor": ["invalid"]})
+                fail(422, "The cursor is not valid.", details={"cursor": ["invalid"]})
         return {"items": items, "next_cursor": cursor}
 
     @blp.arguments(ArticleCreateSchema)
@@ -99,7 +100,7 @@ class Articles(MethodView):
         """Create a draft, schedule it (publish_at) or publish it now (status: published)."""
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
-            abort(422, message="Idempotency-Key must be 1 to 255 characters.")
+            fail(422, "Idempotency-Key must be 1 to 255 characters.")
         with state().db.transaction() as session:
             if key and (replayed := _replay(session, key)) is not None:
                 return replayed

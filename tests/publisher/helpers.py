@@ -1,0 +1,30 @@
+"""Small helpers the publisher tests share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from shared.db import Base, Database
+
+
+def article(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "title": "Putin takes Kim on a drive",
+        "body": "<p>First paragraph.</p><p>Second paragraph.</p>",
+        "section": "world",
+        "tags": ["russia", "north-korea"],
+        "authors": ["World desk"],
+    }
+    body.update(overrides)
+    return body
+
+
+def row_counts(db: Database) -> dict[str, int]:
+    """Rows in every table: equal before and after means a request changed nothing."""
+    with db.sessionmaker() as session:
+        return {
+            t.name: session.scalar(select(func.count()).select_from(t)) or 0
+            for t in Base.metadata.sorted_tables
+        }

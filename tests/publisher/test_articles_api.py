@@ -1,0 +1,221 @@
+"""The editors' articles API, through Flask's test client on a real database and broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.publisher.helpers import article
+
+
+def create(client, editor, **overrides):  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/articles", json=article(**overrides), headers=editor)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def test_create_draft_then_read_it_back(client, editor):
+    created = create(client, editor)
+    assert created["status"] == "draft"
+    assert created["slug"] == "putin-takes-kim-on-a-drive"
+    assert created["version"] == 1
+    got = client.get(f"/api/v1/articles/{created['id']}", headers=editor)
+    assert got.status_code == 200
+    assert got.headers["ETag"] == '"1"'
+    assert got.json["title"] == "Putin takes Kim on a drive"
+    assert got.json["tags"] == ["russia", "north-korea"]
+    assert got.json["url"] == "http://pressroom.test/articles/putin-takes-kim-on-a-drive"
+
+
+def test_body_is_sanitised_on_the_way_in(client, editor):
+    created = create(
+        client,
+        editor,
+        body='<p onclick="steal()">Hi <a href="javascript:alert(1)">x</a></p>'
+        "<script>alert(1)</script>",
+    )
+    assert "<script" not in created["body"]
+    assert "onclick" not in created["body"]
+    assert "javascript:" not in created["body"]
+    assert created["body"].startswith("<p>Hi ")
+
+
+def test_same_title_gets_a_distinct_slug(client, editor):
+    first = create(client, editor)
+    second = create(client, editor)
+    assert first["slug"] == "putin-takes-kim-on-a-drive"
+    assert second["slug"] == "putin-takes-kim-on-a-drive-2"
+
+
+def test_explicit_slug_that_is_taken_is_a_conflict(client, editor):
+    create(client, editor, slug="kim-drive")
+    response = client.post("/api/v1/articles", json=article(slug="kim-drive"), headers=editor)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "slug_taken"
+
+
+def test_publish_now_sets_published_at_and_emits_the_event(client, editor):
+    created = create(client, editor, status="published")
+    assert created["status"] == "published"
+    assert created["published_at"] is not None
+    events = client.get(f"/api/v1/articles/{created['id']}/events", headers=editor).json["items"]
+    assert [e["type"] for e in events] == ["article.published"]
+    assert events[0]["relayed_at"] is not None
+    assert {c["consumer"] for c in events[0]["consumers"]} == {"archiver", "notifier"}
+
+
+def test_future_publish_at_schedules_the_article(client, editor):
+    when = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    created = create(client, editor, publish_at=when)
+    assert created["status"] == "scheduled"
+    assert client.get(f"/api/v1/articles/{created['id']}/events", headers=editor).json == {
+        "items": []
+    }
+
+
+def test_back_catalogue_keeps_its_published_at(client, editor):
+    created = create(client, editor, status="published", published_at="2005-03-01T09:00:00Z")
+    assert created["published_at"] == "2005-03-01T09:00:00+00:00"
+
+
+def test_full_lifecycle_emits_each_event_and_audits_each_change(client, editor):
+    aid = create(client, editor)["id"]
+    for action in ("publish", "archive", "unarchive", "retract"):
+        response = client.post(
+            f"/api/v1/articles/{aid}/{action}", json={"reason": f"because {action}"}, headers=editor
+        )
+        assert response.status_code == 200, response.json
+    final = client.get(f"/api/v1/articles/{aid}", headers=editor).json
+    assert final["status"] == "retracted"
+    assert final["version"] == 5
+    events = client.get(f"/api/v1/articles/{aid}/events", headers=editor).json["items"]
+    assert [e["type"] for e in events] == [
+        "article.published",
+        "article.archived",
+        "article.unarchived",
+        "article.retracted",
+    ]
+    history = client.get(f"/api/v1/articles/{aid}/history", headers=editor).json["items"]
+    assert [(h["from"], h["to"]) for h in history] == [
+        (None, "draft"),
+        ("draft", "published"),
+        ("published", "archived"),
+        ("archived", "published"),
+        ("published", "retracted"),
+    ]
+    assert history[2]["reason"] == "because archive"
+    assert history[2]["actor"] == "editor:test-editor"
+
+
+def test_unarchived_story_gets_a_new_archive_date(client, editor, settings):
+    aid = create(client, editor, status="published", section="news")["id"]
+    client.post(f"/api/v1/articles/{aid}/archive", headers=editor)
+    restored = client.post(f"/api/v1/articles/{aid}/unarchive", headers=editor).json
+    after = datetime.fromisoformat(restored["archive_after"])
+    expected = datetime.now(UTC) + timedelta(days=settings.archive_after_days)
+    assert abs((after - expected).total_seconds()) < 60
+    assert restored["archived_at"] is None
+
+
+def test_action_without_a_body_is_accepted(client, editor):
+    aid = create(client, editor)["id"]
+    assert client.post(f"/api/v1/articles/{aid}/publish", headers=editor).status_code == 200
+
+
+def test_impossible_transition_is_a_conflict_that_changes_nothing(client, editor):
+    aid = create(client, editor)["id"]
+    response = client.post(f"/api/v1/articles/{aid}/archive", headers=editor)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "invalid_transition"
+    assert client.get(f"/api/v1/articles/{aid}", headers=editor).json["status"] == "draft"
+
+
+def test_patch_bumps_the_version_and_announces_published_changes(client, editor):
+    created = create(client, editor, status="published")
+    response = client.patch(
+        f"/api/v1/articles/{created['id']}",
+        json={"summary": "A new summary"},
+        headers={**editor, "If-Match": '"1"'},
+    )
+    assert response.status_code == 200
+    assert response.json["version"] == 2
+    assert response.headers["ETag"] == '"2"'
+    types = [
+        e["type"]
+        for e in client.get(f"/api/v1/articles/{created['id']}/events", headers=editor).json[
+            "items"
+        ]
+    ]
+    assert types == ["article.published", "article.updated"]
+
+
+def test_patch_with_a_stale_version_is_refused(client, editor):
+    aid = create(client, editor)["id"]
+    client.patch(f"/api/v1/articles/{aid}", json={"summary": "one"}, headers=editor)
+    stale = client.patch(
+        f"/api/v1/articles/{aid}", json={"summary": "two"}, headers={**editor, "If-Match": "1"}
+    )
+    assert stale.status_code == 412
+    assert stale.json["error"]["details"]["current_version"] == 2
+    assert client.get(f"/api/v1/articles/{aid}", headers=editor).json["summary"] == "one"
+
+
+def test_patch_that_changes_nothing_keeps_the_version(client, editor):
+    created = create(client, editor)
+    same = client.patch(
+        f"/api/v1/articles/{created['id']}", json={"title": created["title"]}, headers=editor
+    )
+    assert same.json["version"] == 1
+
+
+def test_retracted_article_cannot_be_edited(client, editor):
+    aid = create(client, editor, status="published")["id"]
+    client.post(f"/api/v1/articles/{aid}/retract", headers=editor)
+    response = client.patch(f"/api/v1/articles/{aid}", json={"title": "New"}, headers=editor)
+    assert response.status_code == 409
+
+
+def test_idempotency_key_replays_the_first_result(client, editor):
+    headers = {**editor, "Idempotency-Key": "retry-1"}
+    first = client.post("/api/v1/articles", json=article(), headers=headers)
+    again = client.post("/api/v1/articles", json=article(), headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    listed = client.get("/api/v1/articles", headers=editor).json["items"]
+    assert len(listed) == 1
+
+
+def test_idempotency_key_with_another_body_is_a_conflict(client, editor):
+    headers = {**editor, "Idempotency-Key": "retry-2"}
+    client.post("/api/v1/articles", json=article(), headers=headers)
+    other = client.post("/api/v1/articles", json=article(title="Other"), headers=headers)
+    assert other.status_code == 409
+    assert other.json["error"]["code"] == "idempotency_key_reused"
+
+
+def test_list_filters_and_pages_with_a_cursor(client, editor):
+    for n in range(5):
+        create(client, editor, title=f"Story {n}", section="sport" if n % 2 else "news",
+               tags=["football"] if n == 3 else ["misc"])  # fmt: skip
+    sport = client.get("/api/v1/articles?section=sport", headers=editor).json["items"]
+    assert sorted(a["title"] for a in sport) == ["Story 1", "Story 3"]
+    tagged = client.get("/api/v1/articles?tag=football", headers=editor).json["items"]
+    assert [a["title"] for a in tagged] == ["Story 3"]
+    found = client.get("/api/v1/articles?q=story%204", headers=editor).json["items"]
+    assert [a["title"] for a in found] == ["Story 4"]
+    seen, cursor = [], None
+    while True:
+        url = "/api/v1/articles?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(url, headers=editor).json
+        seen += [a["title"] for a in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [f"Story {n}" for n in (4, 3, 2, 1, 0)]
+
+
+def test_openapi_document_lists_the_articles_paths(client):
+    doc = client.get("/api/v1/openapi.json").json
+    assert "/api/v1/articles" in doc["paths"]
+    assert "/api/v1/articles/{article_id}/events" in doc["paths"]
+    assert client.get("/api/v1/docs").status_code == 200

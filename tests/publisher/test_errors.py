@@ -1,0 +1,124 @@
+"""Bad input gets a 4xx in the one error shape and changes nothing; a dead database is a 503."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.publisher import create_app
+from shared.db import Database
+from tests.publisher.helpers import article, row_counts
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.json["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert error["message"]
+    if code:
+        assert error["code"] == code
+    return error
+
+
+@pytest.fixture
+def unchanged(database):  # type: ignore[no-untyped-def]
+    """Fails the test if the request under test wrote anything."""
+    before = row_counts(database)
+    yield
+    assert row_counts(database) == before
+
+
+def test_malformed_json_is_400(client, editor, unchanged):
+    response = client.post(
+        "/api/v1/articles",
+        data=b"{not json",
+        headers={**editor, "Content-Type": "application/json"},
+    )
+    assert_error(response, 400, "malformed_json")
+
+
+def test_wrong_content_type_is_415(client, editor, unchanged):
+    response = client.post(
+        "/api/v1/articles", data="title=x", headers={**editor, "Content-Type": "text/plain"}
+    )
+    assert_error(response, 415)
+
+
+def test_invalid_fields_are_422_naming_each_field(client, editor, unchanged):
+    response = client.post("/api/v1/articles", json={"title": "", "body": 5}, headers=editor)
+    error = assert_error(response, 422, "validation_failed")
+    assert set(error["details"]) == {"title", "body"}
+
+
+def test_unknown_field_is_422(client, editor, unchanged):
+    response = client.post("/api/v1/articles", json=article(colour="red"), headers=editor)
+    assert "colour" in assert_error(response, 422)["details"]
+
+
+def test_bad_values_are_422(client, editor, unchanged):
+    response = client.post(
+        "/api/v1/articles",
+        json=article(media="javascript:alert(1)", section="Not A Section", tags="x"),
+        headers=editor,
+    )
+    assert set(assert_error(response, 422)["details"]) == {"media", "section", "tags"}
+
+
+def test_missing_token_is_401(client, unchanged):
+    response = client.post("/api/v1/articles", json=article())
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_invalid_token_is_401(client, unchanged):
+    response = client.get("/api/v1/articles", headers={"Authorization": "Bearer nope"})
+    assert_error(response, 401)
+
+
+def test_wrong_role_is_403(client, ops_token, unchanged):
+    response = client.post(
+        "/api/v1/articles", json=article(), headers={"Authorization": f"Bearer {ops_token}"}
+    )
+    assert_error(response, 403, "forbidden")
+
+
+def test_admin_may_do_what_an_editor_does(client, admin_token):
+    response = client.post(
+        "/api/v1/articles", json=article(), headers={"Authorization": f"Bearer {admin_token}"}
+    )
+    assert response.status_code == 201
+
+
+def test_unknown_article_is_404(client, editor, unchanged):
+    assert_error(client.get(f"/api/v1/articles/{uuid.uuid4()}", headers=editor), 404)
+    assert_error(client.post(f"/api/v1/articles/{uuid.uuid4()}/publish", headers=editor), 404)
+
+
+def test_body_over_one_mebibyte_is_413(client, editor, unchanged):
+    big = b'{"title": "' + b"a" * (2 << 20) + b'"}'
+    response = client.post(
+        "/api/v1/articles", data=big, headers={**editor, "Content-Type": "application/json"}
+    )
+    assert_error(response, 413)
+
+
+def test_bad_cursor_is_422(client, editor):
+    assert_error(client.get("/api/v1/articles?cursor=%%%", headers=editor), 422)
+
+
+def test_unreachable_database_is_503(settings):
+    dead = Database("postgresql+psycopg://pressroom@127.0.0.1:1/none")
+    client = create_app(settings, db=dead).test_client()
+    response = client.get("/api/v1/articles", headers={"Authorization": "Bearer whatever"})
+    assert_error(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "5"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["database"] is False
+
+
+def test_ready_when_database_and_broker_answer(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["checks"] == {"database": True, "broker": True}

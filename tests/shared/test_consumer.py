@@ -1,0 +1,75 @@
+"""The consumer base: ledger, duplicates, dead letters."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import select
+
+from shared import consumer
+from shared.consumer import Consumer
+from shared.events import make_envelope
+from shared.models import ConsumedEvent, DeadLetter
+
+
+def envelope() -> dict:
+    return make_envelope(
+        "article.published",
+        {"article_id": "0b7f8f7e-2c1e-4a53-9a52-0d6f1d5b8a11", "version": 1, "title": "T"},
+    )
+
+
+def ledger(database) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    with database.sessionmaker() as session:
+        return [(c.event_id, c.consumer) for c in session.scalars(select(ConsumedEvent))]
+
+
+def dead_letters(database) -> list[DeadLetter]:  # type: ignore[no-untyped-def]
+    with database.sessionmaker() as session:
+        return list(session.scalars(select(DeadLetter)))
+
+
+def test_an_event_is_handled_once_however_often_it_is_delivered(database):
+    handled: list[str] = []
+    worker = Consumer(
+        "archiver", database, {"article.published": lambda s, e: handled.append(e["id"])}
+    )
+    event = envelope()
+    assert worker.consume(event) == consumer.CONSUMED
+    assert worker.consume(event) == consumer.DUPLICATE
+    assert handled == [event["id"]]
+    assert ledger(database) == [(event["id"], "archiver")]
+
+
+def test_each_consumer_keeps_its_own_ledger(database):
+    event = envelope()
+    Consumer("archiver", database, {}).consume(event)
+    assert Consumer("notifier", database, {}).consume(event) == consumer.CONSUMED
+    assert sorted(ledger(database)) == [(event["id"], "archiver"), (event["id"], "notifier")]
+
+
+def test_a_failing_handler_records_nothing(database):
+    def boom(session, event):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk full")
+
+    event = envelope()
+    with contextlib.suppress(RuntimeError):
+        Consumer("archiver", database, {"article.published": boom}).consume(event)
+    assert ledger(database) == []
+
+
+def test_an_envelope_that_does_not_parse_goes_to_the_dead_letters(database):
+    bad = envelope()
+    bad["type"] = "article.exploded"
+    del bad["time"]
+    assert Consumer("notifier", database, {}).consume(bad) == consumer.DEAD
+    [letter] = dead_letters(database)
+    assert letter.consumer == "notifier"
+    assert letter.event_id == bad["id"]
+    assert "type" in letter.reason and "time" in letter.reason
+    assert ledger(database) == []
+
+
+def test_a_message_that_is_not_an_object_is_dead_lettered_too(database):
+    assert Consumer("archiver", database, {}).consume("garbage") == consumer.DEAD
+    assert dead_letters(database)[0].payload == '"garbage"'

@@ -1,0 +1,90 @@
+"""The transactional outbox and its relay, against the real broker and database."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from sqlalchemy import select
+
+from shared import lifecycle
+from shared.bus import CelerySender, Relay
+from shared.celery import create_celery
+from shared.models import Article, OutboxEvent
+from shared.models import ArticleStatus as S
+from tests.brokers import queued
+from tests.conftest import free_port
+
+
+def new_article(session, title: str = "Story") -> Article:  # type: ignore[no-untyped-def]
+    article = Article(slug=f"s-{title.lower().replace(' ', '-')}", title=title, body="<p>x</p>")
+    session.add(article)
+    session.flush()
+    return article
+
+
+def relay_for(database, settings) -> Relay:  # type: ignore[no-untyped-def]
+    return Relay(database, CelerySender(create_celery(settings, "test")))
+
+
+def pending(database) -> list[OutboxEvent]:  # type: ignore[no-untyped-def]
+    with database.sessionmaker() as session:
+        return list(session.scalars(select(OutboxEvent).where(OutboxEvent.relayed_at.is_(None))))
+
+
+def test_each_event_reaches_its_queues_in_the_order_written(database, settings, redis_url):
+    with database.transaction() as session:
+        article = new_article(session)
+        for to in (S.PUBLISHED, S.ARCHIVED, S.PUBLISHED, S.RETRACTED):
+            lifecycle.transition(session, article, to, actor="test")
+    assert relay_for(database, settings).relay() == 4
+    archiver = [m["envelope"]["type"] for m in queued(redis_url, "archiver")]
+    assert archiver == [
+        "article.published",
+        "article.archived",
+        "article.unarchived",
+        "article.retracted",
+    ]
+    notifier = queued(redis_url, "notifier")
+    assert [m["envelope"]["type"] for m in notifier] == ["article.published", "article.retracted"]
+    assert {m["task"] for m in notifier} == {"notifier.consume"}
+    assert pending(database) == []
+
+
+def test_broker_down_leaves_events_pending_for_the_next_sweep(database, settings, redis_url):
+    with database.transaction() as session:
+        lifecycle.transition(session, new_article(session), S.PUBLISHED, actor="test")
+    down = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert relay_for(database, down).relay() == 0
+    [waiting] = pending(database)
+    assert waiting.attempts == 1
+    assert queued(redis_url, "archiver") == []
+    assert relay_for(database, settings).relay() == 1
+    assert [m["envelope"]["id"] for m in queued(redis_url, "archiver")] == [waiting.event_id]
+
+
+def test_concurrent_relays_send_each_event_once_and_in_order(database, settings, redis_url):
+    with database.transaction() as session:
+        for n in range(30):
+            article = new_article(session, f"Story {n}")
+            for to in (S.PUBLISHED, S.ARCHIVED, S.PUBLISHED):
+                lifecycle.transition(session, article, to, actor="test")
+    relays = [
+        Relay(database, CelerySender(create_celery(settings, f"r{i}")), batch=7) for i in range(4)
+    ]
+    threads = [threading.Thread(target=r.relay) for r in relays]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    messages = [m["envelope"] for m in queued(redis_url, "archiver")]
+    assert len(messages) == 90
+    assert len({m["id"] for m in messages}) == 90
+    by_article: dict[str, list[str]] = {}
+    for m in messages:
+        by_article.setdefault(m["subject"], []).append(m["type"])
+    assert all(
+        types == ["article.published", "article.archived", "article.unarchived"]
+        for types in by_article.values()
+    )
+    assert pending(database) == []
