@@ -39,6 +39,8 @@ EVENT_OF: dict[tuple[str, str], str | None] = {
 def record(
     session: Session, article: Article, from_status: str | None, actor: str, reason: str | None
 ) -> None:
+    if article.id is None:
+        session.flush()  # a new article gets its id at flush
     session.add(
         ArticleHistory(
             article_id=article.id,
