@@ -113,14 +113,19 @@ def database(base_settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts on empty tables and an empty queue database."""
+    uses = set(request.fixturenames)
+    db: Database | None = (
+        request.getfixturevalue("database") if {"database", "settings"} & uses else None
+    )
+    url: str | None = request.getfixturevalue("redis_url") if "redis_url" in uses else None
     yield
-    if {"database", "settings"} & set(request.fixturenames):
-        db: Database = request.getfixturevalue("database")
+    if db is not None:
         with db.transaction() as session:
             for table in reversed(Base.metadata.sorted_tables):
                 session.execute(table.delete())
-    if "redis_url" in request.fixturenames:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    if url is not None:
+        client = redis.Redis.from_url(url)
         client.flushdb()
         client.close()
 
