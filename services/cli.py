@@ -84,6 +84,57 @@ def beat() -> None:
     run_beat(_settings())
 
 
+@main.group()
+def archive() -> None:
+    """Archiving: the policy sweep, and archiving or restoring one article by hand."""
+
+
+@archive.command("sweep")
+def archive_sweep() -> None:
+    """Archive every story past its age now, in the foreground; prints how many."""
+    from services.archiver.archiving import sweep
+    from shared.db import Database
+
+    settings = _settings()
+    database = Database(settings.database_url)
+    archived = sweep(database, settings, on_chunk=lambda n: click.echo(f"archived {n}", err=True))
+    click.echo(archived)
+
+
+@archive.command("article")
+@click.argument("article")
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+def archive_article(article: str, reason: str) -> None:
+    """Archive one article (by id or slug) now."""
+    _article_action(article, "archive", reason)
+
+
+@archive.command("restore")
+@click.argument("article")
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+def archive_restore(article: str, reason: str) -> None:
+    """Unarchive one article (by id or slug); it gets a new archive date a full age away."""
+    _article_action(article, "unarchive", reason)
+
+
+def _article_action(article: str, action: str, reason: str) -> None:
+    from services.publisher.articles.service import act_by_hand
+    from shared.errors import PressroomError
+
+    settings = _settings()
+    try:
+        status = act_by_hand(settings, article, action, reason, actor=f"cli:{_whoami()}")
+    except (PressroomError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{article}: {status}")
+
+
+def _whoami() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
 @main.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

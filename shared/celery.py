@@ -65,4 +65,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         "outbox-sweep": every(settings.outbox_sweep_seconds, "pressroom.outbox_sweep", "archiver"),
         "publish-due": every(settings.schedule_sweep_seconds, "pressroom.publish_due", "archiver"),
+        "archive-sweep": every(
+            settings.archive_sweep_seconds, "archiver.archive_sweep", "archiver"
+        ),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from services.archiver import archiving
 from services.archiver.handlers import HANDLERS
 from shared import lifecycle
 from shared.bus import ARCHIVER, CelerySender, Relay, consumer_task
@@ -22,6 +23,13 @@ def register(app: Celery, runtime: Runtime) -> None:
     @app.task(name=consumer_task(ARCHIVER), **CONSUMER_TASK_OPTIONS)
     def consume(envelope: dict) -> str:
         return Consumer(ARCHIVER, runtime.db, HANDLERS).consume(envelope)
+
+    @app.task(name="archiver.archive_sweep", acks_late=True, ignore_result=True)
+    def archive_sweep() -> int:
+        archived = archiving.sweep(runtime.db, runtime.settings)
+        if archived:
+            relay().relay()
+        return archived
 
     @app.task(name="pressroom.outbox_sweep", acks_late=True, ignore_result=True)
     def outbox_sweep() -> int:

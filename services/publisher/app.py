@@ -8,6 +8,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from services.publisher import health
 from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
+from services.publisher.pages import views as pages
 from services.publisher.state import PublisherState
 from shared.bus import CelerySender, Relay, Sender
 from shared.celery import create_celery
@@ -50,6 +51,7 @@ def create_app(
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
     app.register_blueprint(health.blp)
+    app.register_blueprint(pages.blp)
     _serve_swagger_assets(app)
     return app
 

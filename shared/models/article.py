@@ -50,18 +50,26 @@ class Article(Base):
 
     def snapshot(self) -> dict[str, Any]:
         """What consumers need to know about the article, as plain JSON values."""
-        return {
-            "article_id": self.id,
-            "version": self.version,
-            "slug": self.slug,
-            "title": self.title,
-            "summary": self.summary,
-            "section": self.section,
-            "tags": list(self.tags or []),
-            "authors": list(self.authors or []),
-            "status": self.status,
-            "published_at": self.published_at.isoformat() if self.published_at else None,
-        }
+        return event_data(self)
+
+
+def event_data(article: Any, **overrides: Any) -> dict[str, Any]:
+    """The ``data`` of an article event, from an Article or a row with the same columns."""
+    published_at = article.published_at
+    data = {
+        "article_id": article.id,
+        "version": article.version,
+        "slug": article.slug,
+        "title": article.title,
+        "summary": article.summary,
+        "section": article.section,
+        "tags": list(article.tags or []),
+        "authors": list(article.authors or []),
+        "status": article.status,
+        "published_at": published_at.isoformat() if published_at else None,
+    }
+    data.update(overrides)
+    return data
 
 
 class ArticleHistory(Base):

@@ -9,9 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import events, lifecycle
+from shared.bus import CelerySender, Relay
+from shared.celery import create_celery
 from shared.config import Settings
 from shared.content import sanitise_html, unique_slug
-from shared.db import new_id, utcnow
+from shared.db import Database, new_id, utcnow
 from shared.errors import Conflict, InvalidTransition
 from shared.models import Article
 from shared.models import ArticleStatus as S
@@ -97,6 +99,24 @@ def update_article(session: Session, article: Article, data: dict[str, Any], act
     if article.status in (S.PUBLISHED, S.ARCHIVED):
         lifecycle.announce(session, article, events.ARTICLE_UPDATED)
     return True
+
+
+def act_by_hand(settings: Settings, article_ref: str, action: str, reason: str, actor: str) -> str:
+    """Apply an action to an article named by id or slug (the CLI's way in); returns its status."""
+    db = Database(settings.database_url)
+    try:
+        with db.transaction() as session:
+            article = session.scalar(
+                select(Article).where((Article.id == article_ref) | (Article.slug == article_ref))
+            )
+            if article is None:
+                raise LookupError(f"no article with id or slug {article_ref!r}")
+            apply_action(session, article, action, actor, reason, settings)
+            status = article.status
+        Relay(db, CelerySender(create_celery(settings, "cli"))).relay([article.id])
+        return status
+    finally:
+        db.dispose()
 
 
 ACTIONS = {

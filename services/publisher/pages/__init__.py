@@ -1,0 +1,1 @@
+"""What readers see: article pages, the front page and Atom feeds."""

@@ -1,0 +1,99 @@
+"""Reader pages: the article (with the archived banner), the front page, and the Atom feeds."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, abort, render_template, request
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from services.publisher.pages import feeds
+from services.publisher.state import state
+from shared.content import sanitise_html
+from shared.models import Article
+from shared.models import ArticleStatus as S
+
+blp = Blueprint("pages", __name__, template_folder="templates")
+
+CACHE_SECONDS = 60
+SECTION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+VIDEO = re.compile(r"\.(mp4|webm|ogv|m3u8)(\?|$)", re.IGNORECASE)
+TAGS = re.compile(r"<[^>]+>")
+
+
+def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
+    query = select(Article).where(Article.status == S.PUBLISHED)
+    if section is not None:
+        query = query.where(Article.section == section)
+    query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
+    with state().db.sessionmaker() as session:
+        return list(session.scalars(query))
+
+
+def _cacheable(response: Response, etag: str) -> BaseResponse:
+    response.cache_control.public = True
+    response.cache_control.max_age = CACHE_SECONDS
+    response.set_etag(etag)
+    return response.make_conditional(request)
+
+
+def description(article: Article, length: int = 160) -> str:
+    text = article.summary or " ".join(TAGS.sub(" ", article.body or "").split())
+    return text if len(text) <= length else text[: length - 1].rsplit(" ", 1)[0] + "…"
+
+
+@blp.get("/")
+def front_page() -> BaseResponse:
+    articles = _latest(limit=20)
+    html = render_template("front.html", articles=articles, base=state().settings.public_base_url)
+    newest = articles[0].updated_at.isoformat() if articles else "empty"
+    return _cacheable(Response(html), f"front-{len(articles)}-{newest}")
+
+
+@blp.get("/articles/<slug>")
+def article_page(slug: str) -> BaseResponse:
+    with state().db.sessionmaker() as session:
+        article = session.scalar(select(Article).where(Article.slug == slug))
+    if article is None or article.status in (S.DRAFT, S.SCHEDULED):
+        abort(404)
+    if article.status == S.RETRACTED:
+        html = render_template("retracted.html", article=article)
+        return Response(html, status=410)
+    html = render_template(
+        "article.html",
+        article=article,
+        body=sanitise_html(article.body or ""),  # cleaned on the way in; again on the way out
+        description=description(article),
+        base=state().settings.public_base_url,
+        is_video=bool(article.media and VIDEO.search(article.media)),
+        related=[],
+    )
+    return _cacheable(Response(html), f"{article.id}-v{article.version}-{article.status}")
+
+
+@blp.get("/feed.xml")
+def site_feed() -> BaseResponse:
+    return _feed(None)
+
+
+@blp.get("/sections/<section>/feed.xml")
+def section_feed(section: str) -> BaseResponse:
+    if not SECTION.match(section):
+        abort(404)
+    return _feed(section)
+
+
+def _feed(section: str | None) -> BaseResponse:
+    articles = _latest(section)
+    xml = feeds.atom(articles, state().settings.public_base_url, section, request.url)
+    response = Response(xml, mimetype="application/atom+xml")
+    newest = articles[0].updated_at.isoformat() if articles else "empty"
+    return _cacheable(response, f"feed-{section}-{len(articles)}-{newest}")
+
+
+@blp.errorhandler(HTTPException)
+def page_error(error: HTTPException) -> tuple[str, int]:
+    code = error.code or 500
+    return render_template("error.html", code=code, name=error.name), code
