@@ -41,13 +41,14 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, settings: Settings, *services: str) -> None:
+        extra = {"ARCHIVE_SWEEP_CHUNK": str(settings.archive_sweep_chunk)}
         for service in services or ("archiver", "notifier"):
             log = open(self.tmp_path / f"{service}.log", "ab")  # noqa: SIM115 (closed with the process)
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "services.cli", "worker", service],
                     cwd=ROOT,
-                    env=process_env(settings),
+                    env=process_env(settings, **extra),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

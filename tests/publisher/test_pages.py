@@ -1,0 +1,142 @@
+"""What readers see: article pages with the archived banner, the front page, Atom feeds."""
+
+from __future__ import annotations
+
+import feedparser
+import pytest
+
+from tests.publisher.helpers import article
+
+BANNER = "This content has been archived. It may no longer be relevant. For the latest news, click:"
+
+
+@pytest.fixture
+def publish(client, editor):  # type: ignore[no-untyped-def]
+    def make(**overrides):  # type: ignore[no-untyped-def]
+        response = client.post(
+            "/api/v1/articles", json=article(status="published", **overrides), headers=editor
+        )
+        assert response.status_code == 201, response.json
+        return response.json
+
+    return make
+
+
+def page(client, slug: str):  # type: ignore[no-untyped-def]
+    return client.get(f"/articles/{slug}")
+
+
+def test_published_page_has_headline_byline_body_and_metadata(client, publish):
+    story = publish(summary="Kim and Putin went for a drive.", media="https://cdn.test/drive.mp4")
+    response = page(client, story["slug"])
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "<title>Putin takes Kim on a drive | Pressroom</title>" in html
+    assert '<meta name="description" content="Kim and Putin went for a drive.">' in html
+    assert f'<link rel="canonical" href="http://pressroom.test/articles/{story["slug"]}">' in html
+    assert "<h1>Putin takes Kim on a drive</h1>" in html
+    assert "By World desk" in html
+    assert '<video controls preload="metadata" src="https://cdn.test/drive.mp4">' in html
+    assert "<p>First paragraph.</p><p>Second paragraph.</p>" in html
+    assert BANNER not in html
+    assert response.headers["Cache-Control"] == "public, max-age=60"
+
+
+def test_archived_page_shows_the_banner_linking_home(client, editor, publish):
+    story = publish()
+    client.post(f"/api/v1/articles/{story['id']}/archive", headers=editor)
+    html = page(client, story["slug"]).get_data(as_text=True)
+    assert BANNER in html
+    assert '<a href="http://pressroom.test/">http://pressroom.test</a>' in html
+    assert html.index(BANNER) < html.index("<h1>")
+
+
+def test_etag_changes_with_the_archive_state_and_revalidates(client, editor, publish):
+    story = publish()
+    first = page(client, story["slug"])
+    etag = first.headers["ETag"]
+    again = client.get(f"/articles/{story['slug']}", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    client.post(f"/api/v1/articles/{story['id']}/archive", headers=editor)
+    archived = client.get(f"/articles/{story['slug']}", headers={"If-None-Match": etag})
+    assert archived.status_code == 200
+    assert archived.headers["ETag"] != etag
+
+
+def test_retracted_story_is_gone(client, editor, publish):
+    story = publish()
+    client.post(f"/api/v1/articles/{story['id']}/retract", json={"reason": "legal"}, headers=editor)
+    response = page(client, story["slug"])
+    assert response.status_code == 410
+    assert "withdrawn" in response.get_data(as_text=True)
+    assert "First paragraph" not in response.get_data(as_text=True)
+
+
+def test_drafts_and_scheduled_stories_are_not_public(client, editor):
+    draft = client.post("/api/v1/articles", json=article(title="Draft"), headers=editor).json
+    later = client.post(
+        "/api/v1/articles",
+        json=article(title="Later", publish_at="2999-01-01T00:00:00Z"),
+        headers=editor,
+    ).json
+    for slug in (draft["slug"], later["slug"], "never-existed"):
+        response = page(client, slug)
+        assert response.status_code == 404
+        assert response.mimetype == "text/html"
+
+
+def test_hostile_markup_is_inert_on_the_page(client, publish):
+    story = publish(
+        title="<script>alert('title')</script>",
+        body='<p onmouseover="x()">Hi</p><script>alert(1)</script><a href="javascript:evil()">go</a>'
+        '<img src=x onerror="alert(2)">',
+    )
+    html = page(client, story["slug"]).get_data(as_text=True)
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;" in html
+    for bad in ("onmouseover", "onerror", "javascript:"):
+        assert bad not in html
+
+
+def test_front_page_lists_the_latest_published(client, editor, publish):
+    publish(title="Front story")
+    client.post("/api/v1/articles", json=article(title="Unpublished draft"), headers=editor)
+    html = client.get("/").get_data(as_text=True)
+    assert "Front story" in html
+    assert "Unpublished draft" not in html
+
+
+def test_feed_lists_only_published_stories_and_parses_cleanly(client, editor, publish):
+    fresh = publish(title="Fresh story", section="news", tags=["politics"])
+    archived = publish(title="Archived story", section="news")
+    retracted = publish(title="Retracted story", section="news")
+    publish(title="Sport story", section="sport")
+    client.post("/api/v1/articles", json=article(title="Draft story"), headers=editor)
+    client.post(f"/api/v1/articles/{archived['id']}/archive", headers=editor)
+    client.post(f"/api/v1/articles/{retracted['id']}/retract", headers=editor)
+
+    response = client.get("/feed.xml")
+    assert response.mimetype == "application/atom+xml"
+    feed = feedparser.parse(response.data)
+    assert not feed.bozo, feed.bozo_exception
+    titles = [e.title for e in feed.entries]
+    assert sorted(titles) == ["Fresh story", "Sport story"]
+    entry = next(e for e in feed.entries if e.title == "Fresh story")
+    assert entry.link == f"http://pressroom.test/articles/{fresh['slug']}"
+    assert entry.id == f"urn:uuid:{fresh['id']}"
+    assert [t.term for t in entry.tags] == ["politics"]
+
+    news = feedparser.parse(client.get("/sections/news/feed.xml").data)
+    assert not news.bozo
+    assert [e.title for e in news.entries] == ["Fresh story"]
+    assert client.get("/sections/Bad Section!/feed.xml").status_code == 404
+
+
+def test_feed_holds_the_newest_fifty(client, publish):
+    for n in range(55):
+        publish(title=f"Story {n}", published_at=f"2026-01-01T00:{n:02d}:00Z")
+    feed = feedparser.parse(client.get("/feed.xml").data)
+    assert len(feed.entries) == 50
+    assert feed.entries[0].title == "Story 54"
+    assert feed.entries[-1].title == "Story 5"

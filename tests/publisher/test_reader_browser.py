@@ -1,0 +1,77 @@
+"""A real browser (headless Chromium) reads an archived story and a fresh one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.publisher.helpers import article
+
+CHROMIUM = Path("/usr/lib/chromium/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+BANNER = "This content has been archived. It may no longer be relevant."
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="no Chromium at /usr/lib/chromium/chromium (apt-get install chromium; CI does)",
+    ),
+]
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+def test_banner_is_visible_only_on_the_archived_story(client, editor, live_server):
+    from playwright.sync_api import sync_playwright
+
+    old = client.post(
+        "/api/v1/articles",
+        json=article(title="An old story", status="published", published_at="2020-01-01T09:00:00Z"),
+        headers=editor,
+    ).json
+    fresh = client.post(
+        "/api/v1/articles", json=article(title="A fresh story", status="published"), headers=editor
+    ).json
+    client.post(f"/api/v1/articles/{old['id']}/archive", json={"reason": "aged"}, headers=editor)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        try:
+            tab = browser.new_page(viewport={"width": 1000, "height": 800})
+            tab.goto(f"{live_server}/articles/{old['slug']}")
+            banner = tab.get_by_role("note")
+            assert banner.is_visible()
+            assert BANNER in banner.inner_text()
+            home = banner.get_by_role("link")
+            assert home.get_attribute("href") == "http://pressroom.test/"
+            assert tab.title() == "An old story | Pressroom"
+            tab.screenshot(path=str(ARTIFACTS / "archived-story.png"), full_page=True)
+
+            tab.goto(f"{live_server}/articles/{fresh['slug']}")
+            assert tab.get_by_role("heading", level=1).inner_text() == "A fresh story"
+            assert tab.get_by_role("note").count() == 0
+            assert BANNER not in tab.content()
+            tab.screenshot(path=str(ARTIFACTS / "fresh-story.png"), full_page=True)
+        finally:
+            browser.close()
