@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -133,6 +134,106 @@ def _whoami() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+def queues(as_json: bool) -> None:
+    """Queue depth and oldest age, outbox backlog and lag, dead letters, live workers."""
+    import json
+
+    from shared import ops
+    from shared.celery import create_celery
+    from shared.db import Database
+
+    settings = _settings()
+    snap = ops.snapshot(
+        Database(settings.database_url),
+        settings.redis_client_url,
+        create_celery(settings, "cli"),
+    )
+    if as_json:
+        click.echo(json.dumps(snap.as_dict(), indent=2))
+        return
+    if not snap.broker_ok:
+        click.echo("broker: NOT ANSWERING", err=True)
+    click.echo(f"{'queue':<10} {'depth':>7} {'oldest':>9}  dead letters")
+    for q in snap.queues:
+        age = f"{q.oldest_age_s:.1f}s" if q.oldest_age_s is not None else "-"
+        click.echo(f"{q.name:<10} {q.depth:>7} {age:>9}  {snap.dead_letters.get(q.name, 0)}")
+    lag = f"{snap.outbox_lag_s:.1f}s" if snap.outbox_lag_s is not None else "-"
+    click.echo(f"in flight: {snap.in_flight}   outbox pending: {snap.outbox_pending} (lag {lag})")
+    click.echo(f"workers: {', '.join(snap.workers) or 'none answering'}")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: messages a consumer could not handle, with the reason."""
+
+
+@dlq.command("list")
+@click.option("--consumer", type=click.Choice(["archiver", "notifier"]))
+@click.option("--all", "show_all", is_flag=True, help="Include those already replayed.")
+def dlq_list(consumer: str | None, show_all: bool) -> None:
+    """List dead letters, oldest first."""
+    from sqlalchemy import select
+
+    from shared.db import Database
+    from shared.models import DeadLetter
+
+    query = select(DeadLetter).order_by(DeadLetter.id)
+    if consumer:
+        query = query.where(DeadLetter.consumer == consumer)
+    if not show_all:
+        query = query.where(DeadLetter.replayed_at.is_(None))
+    with Database(_settings().database_url).sessionmaker() as session:
+        for letter in session.scalars(query):
+            replayed = (
+                f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
+            )
+            click.echo(
+                f"#{letter.id} {letter.created_at:%Y-%m-%d %H:%M:%S} {letter.consumer} "
+                f"event={letter.event_id or '-'}{replayed}\n    {letter.reason}"
+            )
+
+
+@dlq.command("replay")
+@click.option("--consumer", type=click.Choice(["archiver", "notifier"]))
+@click.option("--id", "ids", type=int, multiple=True, help="Only these (repeatable).")
+def dlq_replay(consumer: str | None, ids: tuple[int, ...]) -> None:
+    """Send dead letters back to their consumer's queue (after the cause is fixed)."""
+    from shared import ops
+    from shared.bus import CelerySender
+    from shared.celery import create_celery
+    from shared.db import Database
+
+    settings = _settings()
+    sender = CelerySender(create_celery(settings, "cli"))
+    count = ops.replay_dead_letters(Database(settings.database_url), sender, consumer, list(ids))
+    click.echo(f"replayed {count} dead letters")
+
+
+@main.group()
+def events() -> None:
+    """The event log (the outbox)."""
+
+
+@events.command("replay")
+@click.option("--since", required=True, type=click.DateTime(), help="UTC, e.g. 2026-11-26T09:00")
+@click.option("--consumer", type=click.Choice(["archiver", "notifier"]))
+def events_replay(since: datetime, consumer: str | None) -> None:
+    """Resend events since T that a consumer has not consumed (e.g. after Redis lost data)."""
+    from shared import ops
+    from shared.bus import CelerySender
+    from shared.celery import create_celery
+    from shared.db import Database
+
+    settings = _settings()
+    sender = CelerySender(create_celery(settings, "cli"))
+    since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+    sent = ops.replay_events(Database(settings.database_url), sender, since, consumer)
+    for queue, count in sent.items():
+        click.echo(f"{queue}: resent {count} events")
 
 
 @main.command("import")

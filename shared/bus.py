@@ -62,7 +62,7 @@ class CelerySender:
                 self.celery.send_task(
                     consumer_task(queue),
                     args=[envelope],
-                    argsrepr=f"[{envelope['type']} {envelope['id']}]",  # not Celery's costly repr
+                    argsrepr=_describe(envelope),  # Celery's own repr of it costs more than a send
                     kwargsrepr="{}",
                     queue=queue,
                     retry=False,
@@ -71,6 +71,12 @@ class CelerySender:
                 )
 
             yield send
+
+
+def _describe(envelope: Any) -> str:
+    if isinstance(envelope, dict):
+        return f"[{envelope.get('type')} {envelope.get('id')}]"
+    return "[not an envelope]"
 
 
 def emit(session: Session, event_type: str, data: dict[str, Any]) -> OutboxEvent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from services.publisher import health
+from services.publisher import health, ops
 from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
 from services.publisher.pages import views as pages
@@ -41,8 +41,9 @@ def create_app(
         },
     )
     db = db or Database(settings.database_url)
-    sender = sender or CelerySender(create_celery(settings, "publisher"))
-    app.extensions["pressroom"] = PublisherState(settings, db, Relay(db, sender))
+    celery = create_celery(settings, "publisher")
+    sender = sender or CelerySender(celery)
+    app.extensions["pressroom"] = PublisherState(settings, db, Relay(db, sender), celery)
 
     register_error_handlers(app)
     _register_domain_errors(app)
@@ -52,6 +53,7 @@ def create_app(
     api.register_blueprint(articles_blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
+    app.register_blueprint(ops.blp)
     _serve_swagger_assets(app)
     return app
 

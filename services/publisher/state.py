@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 
@@ -16,6 +17,7 @@ class PublisherState:
     settings: Settings
     db: Database
     relay: Relay
+    celery: Any
 
 
 def state() -> PublisherState:

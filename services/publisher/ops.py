@@ -1,0 +1,83 @@
+"""Ops endpoints: ``GET /ops/queues`` (JSON) and ``GET /metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.publisher.auth import require_role
+from services.publisher.state import state
+from shared import ops
+
+blp = Blueprint("ops", __name__)
+
+
+def _snapshot(with_workers: bool) -> ops.Snapshot:
+    current = state()
+    return ops.snapshot(
+        current.db,
+        current.settings.redis_client_url,
+        current.celery if with_workers else None,
+    )
+
+
+@blp.get("/ops/queues")
+@require_role("ops")
+def queues() -> dict[str, Any]:
+    """Per queue depth and oldest message age; outbox backlog and lag; dead letters; workers."""
+    return _snapshot(with_workers=True).as_dict()
+
+
+class SnapshotCollector(Collector):
+    """Gauges read from the database and the broker at scrape time, the same in every worker."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = _snapshot(with_workers=False)
+        depth = GaugeMetricFamily(
+            "pressroom_queue_depth", "Messages waiting in a consumer queue", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "pressroom_queue_oldest_age_seconds",
+            "Age of the oldest event waiting in a consumer queue",
+            labels=["queue"],
+        )
+        for queue in snap.queues:
+            depth.add_metric([queue.name], queue.depth)
+            age.add_metric([queue.name], queue.oldest_age_s or 0.0)
+        dead = GaugeMetricFamily(
+            "pressroom_dead_letters", "Dead letters not yet replayed", labels=["consumer"]
+        )
+        for consumer, count in snap.dead_letters.items():
+            dead.add_metric([consumer], count)
+        yield depth
+        yield age
+        yield dead
+        yield GaugeMetricFamily(
+            "pressroom_in_flight",
+            "Messages taken by a worker, not yet acknowledged",
+            snap.in_flight,
+        )
+        yield GaugeMetricFamily(
+            "pressroom_outbox_pending", "Events written but not yet relayed", snap.outbox_pending
+        )
+        yield GaugeMetricFamily(
+            "pressroom_outbox_lag_seconds",
+            "Age of the oldest event not yet relayed",
+            snap.outbox_lag_s or 0.0,
+        )
+        yield GaugeMetricFamily("pressroom_broker_up", "1 if Redis answers", int(snap.broker_ok))
+
+
+_registry = CollectorRegistry(auto_describe=False)
+_registry.register(SnapshotCollector())
+
+
+@blp.get("/metrics")
+@require_role("ops")
+def metrics() -> Response:
+    return Response(generate_latest(_registry), mimetype=CONTENT_TYPE_LATEST)

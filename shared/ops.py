@@ -1,0 +1,156 @@
+"""What ops look at: queue depth and age, the outbox backlog, dead letters, live workers.
+
+One snapshot feeds ``GET /ops/queues``, ``GET /metrics`` and ``pressroom queues``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlalchemy import exists, func, select
+
+from shared.bus import CONSUMERS, ROUTES, CelerySender
+from shared.db import Database, utcnow
+from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
+
+# kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
+UNACKED_INDEX = "unacked_index"
+
+
+@dataclass
+class QueueState:
+    name: str
+    depth: int
+    oldest_age_s: float | None
+
+
+@dataclass
+class Snapshot:
+    queues: list[QueueState]
+    in_flight: int
+    outbox_pending: int
+    outbox_lag_s: float | None
+    dead_letters: dict[str, int]
+    workers: list[str] = field(default_factory=list)
+    broker_ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _message_time(raw: bytes) -> datetime | None:
+    """When the event in a queued Celery message was written (None for other tasks)."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        envelope = json.loads(body)[0][0]
+        return datetime.fromisoformat(envelope["time"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def queue_states(client: redis.Redis, names: Iterable[str], now: datetime) -> list[QueueState]:
+    states = []
+    for name in names:
+        depth = int(client.llen(name))
+        oldest = client.lindex(name, -1) if depth else None  # LPUSHed: the oldest is last
+        sent = _message_time(oldest) if isinstance(oldest, bytes) else None
+        age = (now - sent).total_seconds() if sent else None
+        states.append(QueueState(name, depth, age))
+    return states
+
+
+def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Snapshot:
+    now = utcnow()
+    with db.sessionmaker() as session:
+        pending, oldest = session.execute(
+            select(func.count(), func.min(OutboxEvent.created_at)).where(
+                OutboxEvent.relayed_at.is_(None)
+            )
+        ).one()
+        dead = dict(
+            session.execute(
+                select(DeadLetter.consumer, func.count())
+                .where(DeadLetter.replayed_at.is_(None))
+                .group_by(DeadLetter.consumer)
+            ).all()
+        )
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=now.tzinfo)
+    result = Snapshot(
+        queues=[QueueState(name, 0, None) for name in CONSUMERS],
+        in_flight=0,
+        outbox_pending=int(pending),
+        outbox_lag_s=(now - oldest).total_seconds() if oldest else None,
+        dead_letters={name: int(dead.get(name, 0)) for name in CONSUMERS},
+    )
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        result.queues = queue_states(client, CONSUMERS, now)
+        result.in_flight = int(client.zcard(UNACKED_INDEX))
+    except redis.RedisError:
+        result.broker_ok = False
+    finally:
+        client.close()
+    if celery_app is not None and result.broker_ok:
+        replies = celery_app.control.ping(timeout=0.5) or []
+        result.workers = sorted(name for reply in replies for name in reply)
+    return result
+
+
+def replay_dead_letters(
+    db: Database, sender: CelerySender, consumer: str | None = None, ids: list[int] | None = None
+) -> int:
+    """Send dead letters back to their consumer's queue (after a fix); returns how many."""
+    query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None)).order_by(DeadLetter.id)
+    if consumer:
+        query = query.where(DeadLetter.consumer == consumer)
+    if ids:
+        query = query.where(DeadLetter.id.in_(ids))
+    with db.transaction() as session:
+        letters = list(session.scalars(query))
+        with sender.open() as send:
+            for letter in letters:
+                send(letter.consumer, json.loads(letter.payload))
+                letter.replayed_at = utcnow()
+    return len(letters)
+
+
+def replay_events(
+    db: Database, sender: CelerySender, since: datetime, consumer: str | None = None
+) -> dict[str, int]:
+    """Send again each event written since ``since`` that a consumer has no ledger row for.
+
+    For a broker that lost its queues (a Redis without persistence restarted): events already
+    consumed are not sent, and the ledger makes any double delivery harmless.
+    """
+    sent: dict[str, int] = {}
+    for queue in [consumer] if consumer else CONSUMERS:
+        types = [t for t, queues in ROUTES.items() if queue in queues]
+        consumed = exists().where(
+            ConsumedEvent.event_id == OutboxEvent.event_id, ConsumedEvent.consumer == queue
+        )
+        query = (
+            select(OutboxEvent.envelope)
+            .where(
+                OutboxEvent.created_at >= since,
+                OutboxEvent.relayed_at.is_not(None),
+                OutboxEvent.type.in_(types),
+                ~consumed,
+            )
+            .order_by(OutboxEvent.position)
+        )
+        sent[queue] = 0
+        with db.sessionmaker() as session, sender.open() as send:
+            for envelope in session.scalars(query.execution_options(yield_per=1000)):
+                send(queue, envelope)
+                sent[queue] += 1
+    return sent
