@@ -33,18 +33,18 @@ def load_aged_stories(database, count: int) -> None:  # type: ignore[no-untyped-
 
 
 def counts(database) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
-    """(archived stories, distinct stories audited as aged, archived events)."""
+    """(archived stories, distinct stories audited as aged, archived events), in one snapshot."""
+    aged = ArticleHistory.reason == "aged"
+    query = select(
+        select(func.count()).where(Article.status == "archived").scalar_subquery(),
+        select(func.count(func.distinct(ArticleHistory.article_id))).where(aged).scalar_subquery(),
+        select(func.count()).where(aged).scalar_subquery(),
+        select(func.count()).where(OutboxEvent.type == "article.archived").scalar_subquery(),
+    )
     with database.sessionmaker() as session:
-        archived = session.scalar(select(func.count()).where(Article.status == "archived"))
-        audited = session.scalar(
-            select(func.count(func.distinct(ArticleHistory.article_id))).where(
-                ArticleHistory.reason == "aged"
-            )
-        )
-        audit_rows = session.scalar(select(func.count()).where(ArticleHistory.reason == "aged"))
-        events = session.scalar(select(func.count()).where(OutboxEvent.type == "article.archived"))
+        archived, audited, audit_rows, events = session.execute(query).one()
     assert audited == audit_rows, "a story was audited as archived twice"
-    return archived or 0, audited or 0, events or 0
+    return archived, audited, events
 
 
 def test_a_sweep_killed_half_way_is_finished_by_the_next(database, settings, workers):
