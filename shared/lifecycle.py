@@ -124,6 +124,6 @@ def publish_due(session: Session, now: datetime | None = None, limit: int = 200)
     return [a.id for a in due]
 
 
-def unarchive_until(article: Article, age_days: int | None, now: datetime) -> datetime | None:
+def unarchive_until(age_days: int | None, now: datetime) -> datetime | None:
     """The new archive date of an unarchived story: a full age from now, so it stays up."""
     return None if age_days is None else now + timedelta(days=age_days)

@@ -148,5 +148,5 @@ def apply_action(
     if action == "unarchive":
         # A full new age from today, so the next sweep does not archive it straight back.
         article.archive_after = lifecycle.unarchive_until(
-            article, settings.archive_age_days(article.section), now
+            settings.archive_age_days(article.section), now
         )
