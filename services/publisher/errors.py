@@ -8,7 +8,9 @@ from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
 from flask_smorest import Api, abort
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from marshmallow import Schema, fields
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -49,11 +51,11 @@ def error_response(
 def _details_from_webargs(messages: dict[str, Any]) -> dict[str, Any]:
     """webargs nests messages under the location ("json", "query"); callers want field names."""
     details: dict[str, Any] = {}
-    for location, fields in messages.items():
-        if isinstance(fields, dict):
-            details.update(fields)
+    for location, problems in messages.items():
+        if isinstance(problems, dict):
+            details.update(problems)
         else:
-            details[location] = fields
+            details[location] = problems
     return details
 
 
@@ -72,6 +74,9 @@ def from_http_exception(error: HTTPException) -> Response:
         )
     message = data.get("message") or error.description or HTTPStatus(status).phrase
     response = error_response(status, str(message), data.get("code"), data.get("details"))
+    for name, value in error.get_headers():  # e.g. Allow on a 405
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
     for name, value in (data.get("headers") or {}).items():
         response.headers[name] = value
     return response
@@ -94,8 +99,22 @@ def fail(status: int, message: str, **extra: Any) -> NoReturn:
     raise AssertionError("abort returned")  # pragma: no cover
 
 
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict(required=True)
+
+
+class ErrorSchema(Schema):
+    """The one error shape, as the OpenAPI document describes it."""
+
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
 class PressroomApi(Api):
     """flask-smorest's Api with Pressroom's error shape instead of its own."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         return from_http_exception(error)
@@ -112,9 +131,10 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(409, "The request conflicts with existing data.", "conflict")
 
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
-    def _database_down(error: DBAPIError) -> Response:
-        log.error("database unavailable: %s", error.orig)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database_down(error: Exception) -> Response:
+        log.error("database unavailable: %s", getattr(error, "orig", error))
         response = error_response(503, "The database is unavailable; try again shortly.")
         response.headers["Retry-After"] = "5"
         return response

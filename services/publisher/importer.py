@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +27,7 @@ from shared.content import base_slug, paragraphs_to_html, sanitise_html
 from shared.db import Database, new_id, utcnow
 from shared.events import make_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
+from shared.text import Text, When
 
 CHUNK = 1000
 HTML_TAG = re.compile(r"<[a-zA-Z][^>]*>")
@@ -38,11 +38,11 @@ class ImportRowSchema(Schema):
     class Meta:
         unknown = "exclude"
 
-    title = fields.String(required=True, validate=validate.Length(min=1, max=300))
-    body = fields.String(required=True, validate=validate.Length(min=1, max=500_000))
-    section = fields.String(load_default=None, allow_none=True, validate=SECTION)
-    tags = fields.List(fields.String(validate=validate.Length(min=1, max=100)), load_default=list)
-    published_at = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    title = Text(required=True, validate=validate.Length(min=1, max=300))
+    body = Text(required=True, validate=validate.Length(min=1, max=500_000))
+    section = Text(load_default=None, allow_none=True, validate=SECTION)
+    tags = fields.List(Text(validate=validate.Length(min=1, max=100)), load_default=list)
+    published_at = When(load_default=None, allow_none=True)
 
     @pre_load
     def _from_csv(self, row: dict[str, Any], **_: object) -> dict[str, Any]:

@@ -122,3 +122,40 @@ def test_ready_when_database_and_broker_answer(client):
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.json["checks"] == {"database": True, "broker": True}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"archive_after": "0001-01-01T00:00:00+01:00"},
+        {"publish_at": "9999-12-31T23:59:59-01:00"},
+        {"title": "NUL \x00 inside"},
+        {"tags": ["a\x00"]},
+        {"evergreen": 0},
+        {"evergreen": "yes"},
+    ],
+)
+def test_values_no_store_can_hold_are_422(client, editor, unchanged, bad):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_lone_surrogate_is_422(client, editor, unchanged):
+    raw = b'{"title": "a\\ud800", "body": "<p>x</p>"}'
+    response = client.post(
+        "/api/v1/articles", data=raw, headers={**editor, "Content-Type": "application/json"}
+    )
+    assert "title" in assert_error(response, 422)["details"]
+
+
+def test_queries_with_unstorable_text_are_4xx(client, editor):
+    assert_error(client.get("/api/v1/articles?q=%00", headers=editor), 422)
+    assert_error(client.get("/api/v1/articles/%00", headers=editor), 404)
+    crafted = "MDAwMS0wMS0wMVQwMDowMDowMCswMTowMHx4"  # "0001-01-01T00:00:00+01:00|x"
+    assert_error(client.get(f"/api/v1/articles?cursor={crafted}", headers=editor), 422)
+
+
+def test_unsupported_method_is_405_with_allow(client, editor):
+    response = client.delete("/api/v1/articles", headers=editor)
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}

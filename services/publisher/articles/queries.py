@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.bus import ROUTES
 from shared.models import Article, ArticleHistory, ConsumedEvent, OutboxEvent
+from shared.text import in_range, storable
 
 
 class BadCursor(ValueError):
@@ -27,7 +28,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, article_id = raw.partition("|")
-        return datetime.fromisoformat(when), article_id
+        return in_range(datetime.fromisoformat(when)), storable(article_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadCursor(cursor) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -34,7 +35,10 @@ editor_only = [require_role("editor")]
 
 
 def load_article(session: Session, article_id: str) -> Article:
-    article = session.get(Article, article_id) if len(article_id) <= 36 else None
+    try:
+        article = session.get(Article, str(uuid.UUID(article_id)))
+    except ValueError:
+        article = None
     if article is None:
         fail(404, f"No article with id {article_id}.")
     return article
@@ -131,7 +135,7 @@ class ArticleById(MethodView):
             article = load_article(session, article_id)
         return article, 200, _etag(article)
 
-    @blp.arguments(ArticleUpdateSchema)
+    @blp.arguments(ArticleUpdateSchema, required=False)
     @blp.response(200, ArticleSchema)
     @blp.alt_response(412, description="If-Match names a version that is no longer current")
     def patch(self, data: dict[str, Any], article_id: str) -> Any:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.publisher.state import state
+from shared.text import Flag, Text, When
 
 SLUG = validate.Regexp(r"^[a-z0-9]+(?:-[a-z0-9]+)*$", error="lowercase words joined by hyphens")
 SECTION = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="a lowercase section name")
 
 
-def _when() -> fields.AwareDateTime:
-    return fields.AwareDateTime(default_timezone=UTC, allow_none=True)
-
-
 def _names(max_items: int) -> fields.List:
     return fields.List(
-        fields.String(validate=validate.Length(min=1, max=100)),
+        Text(validate=validate.Length(min=1, max=100)),
         validate=validate.Length(max=max_items),
     )
 
@@ -26,24 +21,24 @@ def _names(max_items: int) -> fields.List:
 class ArticleWriteSchema(Schema):
     """Fields an editor may set on create and on update."""
 
-    title = fields.String(validate=validate.Length(min=1, max=300))
-    slug = fields.String(validate=[validate.Length(min=1, max=200), SLUG])
-    summary = fields.String(validate=validate.Length(max=2000))
-    body = fields.String(validate=validate.Length(max=500_000))
-    section = fields.String(allow_none=True, validate=SECTION)
+    title = Text(validate=validate.Length(min=1, max=300))
+    slug = Text(validate=[validate.Length(min=1, max=200), SLUG])
+    summary = Text(validate=validate.Length(max=2000))
+    body = Text(validate=validate.Length(max=500_000))
+    section = Text(allow_none=True, validate=SECTION)
     tags = _names(50)
     authors = _names(20)
     media = fields.Url(allow_none=True, schemes={"http", "https"})
-    publish_at = _when()
-    published_at = _when()
-    archive_after = _when()
-    evergreen = fields.Boolean()
+    publish_at = When(allow_none=True)
+    published_at = When(allow_none=True)
+    archive_after = When(allow_none=True)
+    evergreen = Flag()
 
 
 class ArticleCreateSchema(ArticleWriteSchema):
-    title = fields.String(required=True, validate=validate.Length(min=1, max=300))
-    body = fields.String(required=True, validate=validate.Length(max=500_000))
-    status = fields.String(
+    title = Text(required=True, validate=validate.Length(min=1, max=300))
+    body = Text(required=True, validate=validate.Length(max=500_000))
+    status = Text(
         load_default="draft", validate=validate.OneOf(["draft", "scheduled", "published"])
     )
 
@@ -60,18 +55,18 @@ class ArticleUpdateSchema(ArticleWriteSchema):
 
 
 class ActionSchema(Schema):
-    reason = fields.String(validate=validate.Length(max=500), load_default=None, allow_none=True)
+    reason = Text(validate=validate.Length(max=500), load_default=None, allow_none=True)
 
 
 class ArticleQueryArgsSchema(Schema):
-    status = fields.String(
+    status = Text(
         validate=validate.OneOf(["draft", "scheduled", "published", "archived", "retracted"])
     )
-    section = fields.String(validate=SECTION)
-    tag = fields.String(validate=validate.Length(min=1, max=100))
-    q = fields.String(validate=validate.Length(min=1, max=200))
+    section = Text(validate=SECTION)
+    tag = Text(validate=validate.Length(min=1, max=100))
+    q = Text(validate=validate.Length(min=1, max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(validate=validate.Length(max=200))
+    cursor = Text(validate=validate.Length(max=200))
 
 
 class RelatedSchema(Schema):
