@@ -62,11 +62,16 @@ class Child:
                 sys.stdout.buffer.write(label + line)
                 sys.stdout.buffer.flush()
 
-    def signal(self, sig: int) -> None:
+    def terminate(self) -> None:
+        """Ask the leader to stop: a Celery worker then finishes its tasks (warm shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
         # The whole group: a Celery worker's pool processes outlive a leader that exited.
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def group_alive(self) -> bool:
         if self.proc is None:
@@ -170,7 +175,7 @@ def _stop_all(children: list[Child], out_lock: threading.Lock) -> None:
     # The broker goes last, so workers can hand back what they hold.
     for child in reversed(children):
         if child.name != "redis":
-            child.signal(signal.SIGTERM)
+            child.terminate()
     deadline = time.monotonic() + STOP_GRACE_S
     while any(c.group_alive() for c in children if c.name != "redis"):
         if time.monotonic() > deadline:
@@ -178,13 +183,13 @@ def _stop_all(children: list[Child], out_lock: threading.Lock) -> None:
         time.sleep(0.1)
     for child in children:
         if child.name == "redis":
-            child.signal(signal.SIGTERM)
+            child.terminate()
     while any(c.group_alive() for c in children) and time.monotonic() < deadline + 5:
         time.sleep(0.1)
     for child in children:
         if child.group_alive():
             _say(out_lock, f"{child.name} did not stop in time; killing it")
-            child.signal(signal.SIGKILL)
+            child.kill()
     for child in children:
         if child.pump is not None:
             child.pump.join(timeout=2)

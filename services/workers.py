@@ -25,7 +25,6 @@ def run_worker(settings: Settings, service: str, concurrency: int | None = None)
             "--loglevel", settings.log_level,
             "--without-mingle",
             "--without-gossip",
-            "--task-events",
         ]
     )  # fmt: skip
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import Select, and_, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from shared import events
@@ -92,7 +92,7 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> OutboxEvent
     return row
 
 
-def _next_pending(session: Session, article_ids: Sequence[str] | None, limit: int):
+def _next_pending(session: Session, limit: int) -> Select[OutboxEvent]:
     """The oldest unrelayed event of each article: later ones wait, so order is kept."""
     earlier = aliased(OutboxEvent)
     query = (
@@ -110,8 +110,6 @@ def _next_pending(session: Session, article_ids: Sequence[str] | None, limit: in
         .order_by(OutboxEvent.position)
         .limit(limit)
     )
-    if article_ids is not None:
-        query = query.where(OutboxEvent.article_id.in_(article_ids))
     if is_postgres(session):
         # Relays in other processes skip what this one holds instead of sending it twice.
         query = query.with_for_update(skip_locked=True, of=OutboxEvent)
@@ -132,20 +130,45 @@ class Relay:
         Stops quietly at the first broker failure: what was not sent stays in the outbox for
         the next sweep.
         """
-        ids = sorted(set(article_ids)) if article_ids is not None else None
+        if article_ids is not None:
+            return self._relay_articles(sorted(set(article_ids)))
         sent = 0
         while True:
             with self.db.transaction() as session:
-                rows = session.scalars(_next_pending(session, ids, self.batch)).all()
-                done, failed = self._send(rows)
-                now = utcnow()
-                for row in rows[:done]:
-                    row.relayed_at = now
-                if failed:
-                    rows[done].attempts += 1
+                done, failed, found = self._relay_rows(
+                    session, session.scalars(_next_pending(session, self.batch)).all()
+                )
             sent += done
-            if failed or not rows:
+            if failed or not found:
                 return sent
+
+    def _relay_articles(self, article_ids: Sequence[str]) -> int:
+        """Right after a commit: every pending event of these articles, in one transaction.
+
+        All of an article's pending events go, oldest first, so order holds without the
+        sweep's head-of-line query. On PostgreSQL the rows are locked without skipping, so a
+        relay that holds an older event of the same article is waited for, not overtaken.
+        """
+        query = (
+            select(OutboxEvent)
+            .where(OutboxEvent.relayed_at.is_(None), OutboxEvent.article_id.in_(article_ids))
+            .order_by(OutboxEvent.position)
+        )
+        with self.db.transaction() as session:
+            if is_postgres(session):
+                query = query.with_for_update(of=OutboxEvent)
+            done, _, _ = self._relay_rows(session, session.scalars(query).all())
+        return done
+
+    def _relay_rows(self, session: Session, rows: Sequence[OutboxEvent]) -> tuple[int, bool, int]:
+        """Send rows in order and mark those sent: (sent, whether one failed, rows given)."""
+        done, failed = self._send(rows)
+        now = utcnow()
+        for row in rows[:done]:
+            row.relayed_at = now
+        if failed:
+            rows[done].attempts += 1
+        return done, failed, len(rows)
 
     def _send(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
         if not rows:

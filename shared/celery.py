@@ -44,7 +44,6 @@ def create_celery(settings: Settings, name: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
         task_send_sent_event=False,
         timezone="UTC",
         enable_utc=True,

@@ -52,13 +52,13 @@ def base_slug(title: str) -> str:
 def unique_slug(session: Session, title: str) -> str:
     """A slug from the title, with -2, -3... when it is taken."""
     base = base_slug(title)
+    if session.scalar(select(Article.id).where(Article.slug == base)) is None:
+        return base  # the usual case: one lookup on the unique index
     taken = set(
         session.scalars(
             select(Article.slug).where((Article.slug == base) | Article.slug.like(f"{base}-%"))
         )
     )
-    if base not in taken:
-        return base
     n = 2
     while f"{base}-{n}" in taken:
         n += 1

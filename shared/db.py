@@ -76,7 +76,12 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn):
         # Several processes write this one file. BEGIN IMMEDIATE takes the write lock up front
         # (waiting up to busy_timeout) instead of failing when a reader later tries to write.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (Database.reader) need no lock at all under WAL.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "pressroom_read_only"
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:
@@ -94,6 +99,9 @@ class Database:
     def __init__(self, url: str, **engine_kwargs: object):
         self.engine = make_engine(url, **engine_kwargs)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # For sessions that only read: on SQLite they do not queue for the write lock.
+        self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        self.reader = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

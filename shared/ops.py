@@ -70,7 +70,7 @@ def queue_states(client: redis.Redis, names: Iterable[str], now: datetime) -> li
 
 def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Snapshot:
     now = utcnow()
-    with db.sessionmaker() as session:
+    with db.reader() as session:
         pending, oldest = session.execute(
             select(func.count(), func.min(OutboxEvent.created_at)).where(
                 OutboxEvent.relayed_at.is_(None)
@@ -149,7 +149,7 @@ def replay_events(
             .order_by(OutboxEvent.position)
         )
         sent[queue] = 0
-        with db.sessionmaker() as session, sender.open() as send:
+        with db.reader() as session, sender.open() as send:
             for envelope in session.scalars(query.execution_options(yield_per=1000)):
                 send(queue, envelope)
                 sent[queue] += 1

@@ -37,7 +37,7 @@ def _authenticate() -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         fail(401, "A bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
-    with state().db.sessionmaker() as session:
+    with state().db.reader() as session:
         found = find_token(session, token.strip())
     if found is None:
         fail(

@@ -90,7 +90,7 @@ class Articles(MethodView):
     @blp.response(200, ArticlePageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List articles, newest first, filtered by status, section, tag or text."""
-        with state().db.sessionmaker() as session:
+        with state().db.reader() as session:
             try:
                 items, cursor = queries.list_articles(session, args)
             except queries.BadCursor:
@@ -131,7 +131,7 @@ class ArticleById(MethodView):
     @blp.response(200, ArticleSchema)
     def get(self, article_id: str) -> Any:
         """One article."""
-        with state().db.sessionmaker() as session:
+        with state().db.reader() as session:
             article = load_article(session, article_id)
         return article, 200, _etag(article)
 
@@ -185,7 +185,7 @@ class ArticleEvents(MethodView):
     @blp.response(200, EventListSchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Events emitted for the article and when each consumer handled them."""
-        with state().db.sessionmaker() as session:
+        with state().db.reader() as session:
             load_article(session, article_id)
             return {"items": queries.event_view(session, article_id)}
 
@@ -197,6 +197,6 @@ class ArticleHistoryView(MethodView):
     @blp.response(200, HistorySchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Audit trail of status changes: who, when, from, to, why."""
-        with state().db.sessionmaker() as session:
+        with state().db.reader() as session:
             load_article(session, article_id)
             return {"items": queries.history(session, article_id)}

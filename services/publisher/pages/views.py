@@ -28,7 +28,7 @@ def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Ar
     if section is not None:
         query = query.where(Article.section == section)
     query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
-    with state().db.sessionmaker() as session:
+    with state().db.reader() as session:
         return list(session.scalars(query))
 
 
@@ -54,7 +54,7 @@ def front_page() -> BaseResponse:
 
 @blp.get("/articles/<slug>")
 def article_page(slug: str) -> BaseResponse:
-    with state().db.sessionmaker() as session:
+    with state().db.reader() as session:
         article = session.scalar(select(Article).where(Article.slug == slug))
     if article is None or article.status in (S.DRAFT, S.SCHEDULED):
         abort(404)
