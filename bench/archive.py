@@ -1326,7 +1326,7 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=1, help="runs, each a fresh load (median)")
+    parser.add_argument("--runs", type=int, default=3, help="runs, each a fresh load (median)")
     parser.add_argument(
         "--database-url",
         default=None,
