@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, Table, and_, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from shared import events
@@ -29,6 +29,8 @@ from shared.models import ArticleStatus as S
 from shared.models.article import event_data
 
 AGED = "aged"
+HISTORY: Table = ArticleHistory.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 SWEEPER = "archiver:sweep"
 
 
@@ -69,8 +71,11 @@ def archive_chunk(session: Session, settings: Settings, now: datetime, limit: in
         return 0
     ids = [row.id for row in rows]
     session.execute(
+        # By primary key alone: the rows were picked in this transaction and are ours (the
+        # write lock on SQLite, FOR UPDATE on PostgreSQL). A status test here made SQLite
+        # walk the status index instead of the key, a tenth of a second per chunk.
         update(Article)
-        .where(Article.id.in_(ids), Article.status == S.PUBLISHED)
+        .where(Article.id.in_(ids))
         .values(
             status=S.ARCHIVED,
             archived_at=now,
@@ -80,8 +85,9 @@ def archive_chunk(session: Session, settings: Settings, now: datetime, limit: in
         )
         .execution_options(synchronize_session=False)
     )
-    session.execute(insert(ArticleHistory), [_history(row.id, now) for row in rows])
-    session.execute(insert(OutboxEvent), [_event(row, now) for row in rows])
+    # Core inserts (executemany) of the tables: the ORM's bulk path costs more than the rows.
+    session.execute(insert(HISTORY), [_history(row.id, now) for row in rows])
+    session.execute(insert(OUTBOX), [_event(row, now) for row in rows])
     return len(rows)
 
 
