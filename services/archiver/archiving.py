@@ -4,7 +4,8 @@ An article is due when it is published, not evergreen, and either its own ``arch
 has passed or, without one, it was published longer ago than its section's age
 (ARCHIVE_POLICY, else ARCHIVE_AFTER_DAYS).
 
-The sweep works in chunks, each one short transaction that archives the chunk, audits it and
+The sweep works in chunks, each one short transaction (sized to last about
+ARCHIVE_SWEEP_CHUNK_MS) that archives the chunk, audits it and
 writes its ``article.archived`` events to the outbox. Killed half-way, it has lost nothing:
 committed chunks are done, the open one rolled back, and the next sweep carries on. Two
 sweeps at once never archive a story twice: on PostgreSQL each skips rows the other holds;
@@ -13,20 +14,36 @@ on SQLite each chunk holds the write lock; and only ``published`` rows are ever 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, insert, or_, select, true, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared import events
 from shared.config import Settings
-from shared.db import Database, is_postgres, utcnow
-from shared.events import make_envelope
+from shared.db import Database, UTCDateTime, is_postgres, utcnow
 from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.models import ArticleStatus as S
-from shared.models.article import event_data
 
 AGED = "aged"
 HISTORY: Table = ArticleHistory.__table__  # type: ignore[assignment]
@@ -50,32 +67,32 @@ def due_for_archiving(settings: Settings, now: datetime) -> ColumnElement[bool]:
     return and_(Article.status == S.PUBLISHED, Article.evergreen.is_(False), or_(*rules))
 
 
-EVENT_COLUMNS = (
-    Article.id, Article.slug, Article.title, Article.summary, Article.section, Article.tags,
-    Article.authors, Article.status, Article.published_at, Article.version,
-)  # fmt: skip
-
-
 def archive_chunk(session: Session, settings: Settings, now: datetime, limit: int) -> int:
-    """Archive up to ``limit`` due articles in the caller's transaction; returns how many."""
-    query = (
-        select(*EVENT_COLUMNS)
+    """Archive up to ``limit`` due articles in the caller's transaction; returns how many.
+
+    Set-based: the chunk's ids are picked once, then one UPDATE and two INSERT ... SELECT
+    statements archive, audit and announce the whole chunk inside the database. Building
+    rows in Python and sending them back cost more than everything else together.
+    """
+    picked = (
+        select(Article.id)
         .where(due_for_archiving(settings, now))
         .order_by(Article.published_at)
         .limit(limit)
     )
     if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    rows = session.execute(query).all()
-    if not rows:
+        picked = picked.with_for_update(skip_locked=True)
+    ids = session.scalars(picked).all()
+    if not ids:
         return 0
-    ids = [row.id for row in rows]
+    dialect = session.get_bind().dialect.name
+    in_chunk = Article.id.in_(_members(dialect, list(ids)))
     session.execute(
         # By primary key alone: the rows were picked in this transaction and are ours (the
         # write lock on SQLite, FOR UPDATE on PostgreSQL). A status test here made SQLite
         # walk the status index instead of the key, a tenth of a second per chunk.
         update(Article)
-        .where(Article.id.in_(ids))
+        .where(in_chunk)
         .values(
             status=S.ARCHIVED,
             archived_at=now,
@@ -85,34 +102,152 @@ def archive_chunk(session: Session, settings: Settings, now: datetime, limit: in
         )
         .execution_options(synchronize_session=False)
     )
-    # Core inserts (executemany) of the tables: the ORM's bulk path costs more than the rows.
-    session.execute(insert(HISTORY), [_history(row.id, now) for row in rows])
-    session.execute(insert(OUTBOX), [_event(row, now) for row in rows])
-    return len(rows)
+    session.execute(
+        insert(HISTORY).from_select(
+            ["article_id", "actor", "at", "from_status", "to_status", "reason"],
+            select(
+                Article.id,
+                literal(SWEEPER),
+                literal(now, UTCDateTime),
+                literal(S.PUBLISHED.value),
+                literal(S.ARCHIVED.value),
+                literal(AGED),
+            ).where(in_chunk),
+        )
+    )
+    # The event id is drawn once per row in a materialised CTE: both the column and the
+    # envelope read it, and an inlined subquery would draw two different ids.
+    drawn = (
+        select(_random_uuid(dialect).label("event_id"), *ENVELOPE_COLUMNS)
+        .where(in_chunk)
+        .cte("drawn")
+        .prefix_with("MATERIALIZED")
+    )
+    session.execute(
+        insert(OUTBOX).from_select(
+            ["event_id", "type", "article_id", "envelope", "created_at", "attempts"],
+            select(
+                drawn.c.event_id,
+                literal(events.ARTICLE_ARCHIVED),
+                drawn.c.id,
+                archived_envelope(dialect, drawn, now),
+                literal(now, UTCDateTime),
+                literal(0),
+            ).order_by(drawn.c.published_at),
+        )
+    )
+    return len(ids)
 
 
-def _history(article_id: str, now: datetime) -> dict[str, Any]:
-    return {
-        "article_id": article_id,
-        "actor": SWEEPER,
-        "at": now,
-        "from_status": S.PUBLISHED,
-        "to_status": S.ARCHIVED,
-        "reason": AGED,
+def _members(dialect: str, ids: list[str]) -> Select[tuple[Any]]:
+    """The chunk's ids as a subquery over one JSON parameter, not thousands of binds."""
+    each = func.json_array_elements_text if dialect == "postgresql" else func.json_each
+    return select(each(bindparam("chunk", ids, type_=JSON)).table_valued("value").c.value)
+
+
+def _random_uuid(dialect: str) -> ColumnElement[str]:
+    if dialect == "postgresql":
+        return cast(func.gen_random_uuid(), String)
+
+    # SQLite has no UUID function: a version-4 UUID from random bytes, in its usual form.
+    def hex_(n: int) -> ColumnElement[str]:
+        return func.lower(func.hex(func.randomblob(n)), type_=String)
+
+    variant = func.substr("89ab", 1 + func.abs(func.random()) % 4, 1, type_=String)
+    return (
+        hex_(4) + "-" + hex_(2) + "-4" + func.substr(hex_(2), 2, type_=String) + "-" + variant
+        + func.substr(hex_(2), 2, type_=String) + "-" + hex_(6)
+    )  # fmt: skip
+
+
+ENVELOPE_COLUMNS = (
+    Article.id, Article.slug, Article.title, Article.summary, Article.section, Article.tags,
+    Article.authors, Article.status, Article.published_at, Article.version,
+)  # fmt: skip
+
+
+def archived_envelope(dialect: str, row: Any, now: datetime) -> ColumnElement[Any]:
+    """The ``article.archived`` envelope built in SQL from an archived row's columns.
+
+    It must be what :func:`shared.events.make_envelope` with
+    :func:`shared.models.article.event_data` builds in Python: a test builds both and
+    compares them through :func:`shared.events.parse_envelope`.
+    """
+    postgres = dialect == "postgresql"
+    build = func.json_build_object if postgres else func.json_object
+
+    def const(value: str | int) -> ColumnElement[Any]:
+        # Inline, not bound: PostgreSQL cannot type a parameter given to json_build_object.
+        return literal_column(str(value) if isinstance(value, int) else f"'{value}'")
+
+    def json_list(column: Any) -> ColumnElement[Any]:
+        return (
+            func.coalesce(column, cast("[]", JSON))
+            if postgres
+            else func.json(func.coalesce(column, "[]"))
+        )
+
+    published_at: ColumnElement[str]
+    if postgres:
+        utc = func.timezone("UTC", row.c.published_at)
+        published_at = func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+    else:  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+        published_at = func.replace(row.c.published_at, " ", "T", type_=String) + "+00:00"
+    data = {
+        "schema_version": const(events.DATA_VERSION),
+        "article_id": row.c.id,
+        "version": row.c.version,
+        "slug": row.c.slug,
+        "title": row.c.title,
+        "summary": func.coalesce(row.c.summary, ""),
+        "section": row.c.section,
+        "tags": json_list(row.c.tags),
+        "authors": json_list(row.c.authors),
+        "status": row.c.status,
+        "published_at": published_at,
+        "reason": const(AGED),
+        "origin": const("sweep"),
     }
-
-
-def _event(row: Any, now: datetime) -> dict[str, Any]:
-    data = event_data(row, version=row.version + 1, status=S.ARCHIVED, reason=AGED, origin="sweep")
-    envelope = make_envelope(events.ARTICLE_ARCHIVED, data)
-    return {
-        "event_id": envelope["id"],
-        "type": events.ARTICLE_ARCHIVED,
-        "article_id": row.id,
-        "envelope": envelope,
-        "created_at": now,
-        "attempts": 0,
+    envelope = {
+        "specversion": const(events.SPECVERSION),
+        "id": row.c.event_id,
+        "source": const(events.SOURCE),
+        "type": const(events.ARTICLE_ARCHIVED),
+        "subject": row.c.id,
+        "time": const(now.astimezone(UTC).isoformat()),
+        "datacontenttype": const("application/json"),
+        "dataschema": const(f"pressroom:{events.ARTICLE_ARCHIVED}/v{events.DATA_VERSION}"),
+        "data": build(*_pairs(data, const)),
     }
+    return build(*_pairs(envelope, const))
+
+
+def _pairs(fields: dict[str, Any], const: Callable[[str], ColumnElement[Any]]) -> list[Any]:
+    return [part for key, value in fields.items() for part in (const(key), value)]
+
+
+class Pace:
+    """How many rows the next chunk takes, so that each transaction lasts about ``target``.
+
+    Like pt-archiver's ``--chunk-time``: the size follows the measured rate, at most
+    doubling per step and never above ``ceiling``. On SQLite, where a chunk holds the only
+    write lock, the sweep then steps aside for half as long as it held the lock; the
+    publisher's writers, backing off in their busy handler, get their turn instead of
+    waiting out chunk after chunk.
+    """
+
+    def __init__(self, ceiling: int, target_seconds: float, *, yield_lock: bool):
+        self.ceiling = max(1, ceiling)
+        self.size = min(self.ceiling, 500)
+        self.target = target_seconds
+        self.yield_lock = yield_lock
+
+    def after(self, rows: int, seconds: float) -> float:
+        """Record a chunk; returns how long to pause before the next one."""
+        if rows >= self.size and seconds > 0:
+            fitted = int(rows * self.target / seconds)
+            self.size = max(1, min(self.ceiling, 2 * self.size, fitted))
+        return seconds / 2 if self.yield_lock else 0.0
 
 
 def sweep(
@@ -124,12 +259,19 @@ def sweep(
 ) -> int:
     """Archive every due article, chunk by chunk; returns how many were archived."""
     now = now or utcnow()
+    pace = Pace(
+        settings.archive_sweep_chunk,
+        settings.archive_sweep_chunk_ms / 1000,
+        yield_lock=not is_postgres(db.engine),
+    )
     total = 0
     while True:
+        started = time.monotonic()
         with db.transaction() as session:
-            done = archive_chunk(session, settings, now, settings.archive_sweep_chunk)
+            done = archive_chunk(session, settings, now, pace.size)
         if not done:
             return total
         total += done
         if on_chunk is not None:
             on_chunk(done)
+        time.sleep(pace.after(done, time.monotonic() - started))

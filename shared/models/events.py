@@ -33,9 +33,9 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
+        # By position alone: appended at its right edge (article ids are random).
         Index(
             "ix_outbox_pending",
-            "article_id",
             "position",
             sqlite_where=text("relayed_at IS NULL"),
             postgresql_where=text("relayed_at IS NULL"),

@@ -5,14 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from services.archiver.archiving import sweep
+from services.archiver.archiving import Pace, sweep
+from shared.events import ARTICLE_ARCHIVED as ARCHIVED
+from shared.events import make_envelope, parse_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
+from shared.models.article import event_data
 from tests.e2e.conftest import ROOT, process_env
 from tests.publisher.helpers import article
 
@@ -89,6 +94,34 @@ def test_sweep_audits_and_announces_each_archived_story_once(client, editor, dat
     events = client.get(f"/api/v1/articles/{aid}/events", headers=editor).json["items"]
     assert [e["type"] for e in events] == ["article.published", "article.archived"]
     assert events[1]["version"] == 2
+
+
+def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, database, policy):
+    # The sweep builds its envelopes in SQL; consumers must not be able to tell them apart
+    # from those make_envelope builds, whatever the article holds.
+    publish(
+        client, editor, "Dès l'aube, \"quoted\"", 40, section="news",
+        tags=["a", "b"], authors=["Desk", "Ana"], summary="line one\nline two",
+    )  # fmt: skip
+    publish(client, editor, "no section", 200, section=None, tags=[], authors=[])
+    assert sweep(database, policy) == 2
+
+    with database.sessionmaker() as session:
+        rows = session.scalars(select(OutboxEvent).where(OutboxEvent.type == ARCHIVED)).all()
+        assert len(rows) == 2
+        for row in rows:
+            stored = session.get_one(Article, row.article_id)
+            expected = make_envelope(ARCHIVED, event_data(stored, reason="aged", origin="sweep"))
+            swept = parse_envelope(row.envelope)
+            assert swept["id"] == row.event_id
+            assert uuid.UUID(row.event_id).version == 4
+            assert swept["time"] <= datetime.now(UTC)
+            assert drop_id_and_time(swept) == drop_id_and_time(parse_envelope(expected))
+        assert len({row.event_id for row in rows}) == 2
+
+
+def drop_id_and_time(envelope: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in envelope.items() if k not in ("id", "time")}
 
 
 def test_unarchived_story_is_not_archived_again_by_the_next_sweep(client, editor, database, policy):
@@ -181,3 +214,18 @@ def test_a_bad_policy_stops_start_up_naming_the_bad_part(settings):
     )
     assert result.returncode != 0
     assert "sport=ninety" in result.stderr
+
+
+def test_chunks_are_sized_to_the_target_time_within_the_ceiling():
+    pace = Pace(10_000, 0.1, yield_lock=True)
+    sizes = []
+    for _ in range(6):  # fast chunks: 1 ms per 100 rows
+        pause = pace.after(pace.size, pace.size / 100_000)
+        sizes.append(pace.size)
+    assert sizes == [1000, 2000, 4000, 8000, 10_000, 10_000]  # doubling, capped
+    assert pause == pytest.approx(0.05)  # SQLite: half the chunk's time to the others
+    pace.after(pace.size, 1.0)  # the database slowed down tenfold
+    assert pace.size == 1000
+    pace.after(10, 0.5)  # a short last chunk says nothing about the rate
+    assert pace.size == 1000
+    assert Pace(10_000, 0.1, yield_lock=False).after(500, 0.2) == 0.0  # PostgreSQL
