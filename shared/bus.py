@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
@@ -183,3 +186,62 @@ class Relay:
             log.warning("outbox relay stopped, event stays pending: %s", exc)
             return index, True
         return len(rows), False
+
+
+class BackgroundRelay:
+    """Relays right after commit from one thread of this process, batching as it goes.
+
+    A request hands its article ids over and answers at once; the thread relays them
+    together with whatever other requests committed while it was busy, in one transaction
+    and over one broker connection. Nothing depends on the thread for safety: an event
+    it has not sent yet (the process died, the broker is down) is still in the outbox,
+    where the beat sweep finds it.
+    """
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+        self._owner_pid = 0
+        self._wanted: set[str] = set()
+        self._busy = False
+        self._changed = threading.Condition()
+        self._starting = threading.Lock()
+
+    def submit(self, article_ids: Iterable[str]) -> None:
+        """Relay these articles' pending events soon; returns without waiting."""
+        changed = self._running()
+        with changed:
+            self._wanted.update(article_ids)
+            changed.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far has been relayed (or tried)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._wanted and not self._busy, timeout)
+
+    def _running(self) -> threading.Condition:
+        """The thread's condition, starting the thread on first use and after a fork."""
+        with self._starting:
+            if self._owner_pid != os.getpid():  # gunicorn forks its workers from the arbiter
+                self._owner_pid = os.getpid()
+                self._wanted, self._busy = set(), False
+                self._changed = threading.Condition()
+                threading.Thread(target=self._run, name="outbox-relay", daemon=True).start()
+                atexit.register(self.flush, 2.0)
+        return self._changed
+
+    def _run(self) -> None:
+        changed = self._changed
+        while True:
+            with changed:
+                changed.wait_for(lambda: bool(self._wanted))
+                batch, self._wanted, self._busy = self._wanted, set(), True
+            try:
+                self.relay.relay(batch)
+            except Exception:  # the database is down: the beat sweep relays them later
+                log.exception(
+                    "relay after commit failed; %d articles left to the sweep", len(batch)
+                )
+            finally:
+                with changed:
+                    self._busy = False
+                    changed.notify_all()

@@ -10,7 +10,7 @@ from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
 from services.publisher.pages import views as pages
 from services.publisher.state import PublisherState
-from shared.bus import CelerySender, Relay, Sender
+from shared.bus import BackgroundRelay, CelerySender, Relay, Sender
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -43,7 +43,9 @@ def create_app(
     db = db or Database(settings.database_url)
     celery = create_celery(settings, "publisher")
     sender = sender or CelerySender(celery)
-    app.extensions["pressroom"] = PublisherState(settings, db, Relay(db, sender), celery)
+    app.extensions["pressroom"] = PublisherState(
+        settings, db, BackgroundRelay(Relay(db, sender)), celery
+    )
 
     register_error_handlers(app)
     _register_domain_errors(app)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import current_app
 
-from shared.bus import Relay
+from shared.bus import BackgroundRelay
 from shared.config import Settings
 from shared.db import Database
 
@@ -16,7 +16,7 @@ from shared.db import Database
 class PublisherState:
     settings: Settings
     db: Database
-    relay: Relay
+    relay: BackgroundRelay
     celery: Any
 
 

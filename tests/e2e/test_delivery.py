@@ -8,11 +8,13 @@ import pytest
 from sqlalchemy import func, select
 
 from services.publisher import create_app
+from shared.bus import CelerySender, Relay
+from shared.celery import create_celery
 from shared.models import DeadLetter, OutboxEvent
 from tests.brokers import queued
 from tests.conftest import RedisServer
 from tests.e2e.conftest import ledger, wait_for
-from tests.publisher.helpers import article
+from tests.publisher.helpers import article, relayed
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +70,8 @@ def test_nothing_is_lost_or_doubled_while_redis_is_down(
             "/api/v1/articles", json=article(title="Back", status="published"), headers=editor
         )
         assert later.status_code == 201
-        client.application.extensions["pressroom"].relay.relay()  # what beat's sweep runs
+        relayed(client)
+        Relay(database, CelerySender(create_celery(own, "test"))).relay()  # beat's sweep
         for queue in ("archiver", "notifier"):
             subjects = [m["envelope"]["subject"] for m in queued(redis_server.url, queue)]
             assert sorted(subjects) == sorted([*ids, later.json["id"]])  # each exactly once

@@ -28,3 +28,8 @@ def row_counts(db: Database) -> dict[str, int]:
             t.name: session.scalar(select(func.count()).select_from(t)) or 0
             for t in Base.metadata.sorted_tables
         }
+
+
+def relayed(client: Any) -> None:
+    """Wait for the publisher's relay to hand what was committed to the broker."""
+    assert client.application.extensions["pressroom"].relay.flush()

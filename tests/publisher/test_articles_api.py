@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.publisher.helpers import article
+from tests.publisher.helpers import article, relayed
 
 
 def create(client, editor, **overrides):  # type: ignore[no-untyped-def]
@@ -57,6 +57,7 @@ def test_publish_now_sets_published_at_and_emits_the_event(client, editor):
     created = create(client, editor, status="published")
     assert created["status"] == "published"
     assert created["published_at"] is not None
+    relayed(client)
     events = client.get(f"/api/v1/articles/{created['id']}/events", headers=editor).json["items"]
     assert [e["type"] for e in events] == ["article.published"]
     assert events[0]["relayed_at"] is not None

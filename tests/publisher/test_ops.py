@@ -12,7 +12,7 @@ from shared.bus import CelerySender
 from shared.celery import create_celery
 from shared.consumer import Consumer
 from tests.brokers import queued
-from tests.publisher.helpers import article
+from tests.publisher.helpers import article, relayed
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def sender(settings) -> CelerySender:  # type: ignore[no-untyped-def]
 
 def test_queues_show_depth_age_and_dead_letters(client, editor, ops_headers, database):
     client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
     Consumer("notifier", database, {}).consume({"not": "an event"})
     snap = client.get("/ops/queues", headers=ops_headers).json
     depth = {q["name"]: q["depth"] for q in snap["queues"]}
@@ -46,6 +47,7 @@ def test_queues_are_for_ops_only(client, editor):
 
 def test_metrics_are_prometheus_text(client, editor, ops_headers):
     client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
     response = client.get("/metrics", headers=ops_headers)
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
@@ -69,6 +71,7 @@ def test_events_lost_by_the_broker_are_resent_until_consumed(
 ):
     since = datetime.now(UTC) - timedelta(minutes=1)
     client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
     [message] = queued(redis_url, "archiver")
     redis.Redis.from_url(redis_url).flushdb()  # a Redis without persistence restarted
 
@@ -88,6 +91,7 @@ def test_queues_command_prints_the_same_snapshot(client, editor, settings):
     from tests.e2e.conftest import ROOT, process_env
 
     client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
     result = subprocess.run(
         [sys.executable, "-m", "services.cli", "queues", "--json"],
         cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import threading
 from dataclasses import replace
 
 from sqlalchemy import select
 
 from shared import lifecycle
-from shared.bus import CelerySender, Relay
+from shared.bus import BackgroundRelay, CelerySender, Relay
 from shared.celery import create_celery
 from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
@@ -88,3 +90,50 @@ def test_concurrent_relays_send_each_event_once_and_in_order(database, settings,
         for types in by_article.values()
     )
     assert pending(database) == []
+
+
+def test_relay_after_commit_sends_what_many_writers_commit_once_each(database, settings, redis_url):
+    background = BackgroundRelay(relay_for(database, settings))
+
+    def writer(w: int) -> None:
+        for n in range(10):
+            with database.transaction() as session:
+                article = new_article(session, f"Story {w}-{n}")
+                lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+                lifecycle.transition(session, article, S.ARCHIVED, actor="test")
+            background.submit([article.id])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert background.flush()
+    assert pending(database) == []
+    by_article: dict[str, list[str]] = {}
+    for m in queued(redis_url, "archiver"):
+        by_article.setdefault(m["envelope"]["subject"], []).append(m["envelope"]["type"])
+    assert len(by_article) == 60
+    assert all(types == ["article.published", "article.archived"] for types in by_article.values())
+
+
+def test_relay_after_commit_runs_again_in_a_forked_worker(database, settings, redis_url):
+    # gunicorn imports the app, then forks its workers: each needs a relay thread of its own.
+    background = BackgroundRelay(relay_for(database, settings))
+    background.submit([])  # the thread starts in this process
+    assert background.flush()
+    with database.transaction() as session:
+        article = new_article(session)
+        lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+    database.dispose()  # connections are not shared across a fork
+
+    def in_child() -> None:
+        background.submit([article.id])
+        sys.exit(0 if background.flush() else 1)
+
+    child = multiprocessing.get_context("fork").Process(target=in_child)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert pending(database) == []
+    assert [m["envelope"]["subject"] for m in queued(redis_url, "notifier")] == [article.id]

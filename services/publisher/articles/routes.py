@@ -120,7 +120,7 @@ class Articles(MethodView):
                         response=ArticleSchema().dump(article),
                     )
                 )
-        state().relay.relay([article.id])
+        state().relay.submit([article.id])
         return article, 201, _etag(article)
 
 
@@ -145,7 +145,7 @@ class ArticleById(MethodView):
             _check_if_match(article)
             changed = service.update_article(session, article, data, current_caller().actor)
         if changed:
-            state().relay.relay([article.id])
+            state().relay.submit([article.id])
         return article, 200, _etag(article)
 
 
@@ -166,7 +166,7 @@ def _action_view(action: str) -> type[MethodView]:
                     (data or {}).get("reason"),
                     state().settings,
                 )
-            state().relay.relay([article.id])
+            state().relay.submit([article.id])
             return article, 200, _etag(article)
 
     ActionView.__name__ = f"{action.capitalize()}Article"
