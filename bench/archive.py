@@ -52,32 +52,53 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from _harness import (
+    ARTICLE_COLUMNS,
+    PYTHON,
+    ROOT,
+    CpuSampler,
+    Databases,
+    Stack,
+    article_payload,
+    article_row,
+    cmdline,
+    flags,
+    fmt,
+    free_port,
+    machine_busy,
+    median,
+    median_percentile,
+    percentile,
+    reader,
+    say,
+    stack_env,
+    stat_fields,
+    table,
+    verdict,
+    wait_until,
+)
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import make_url
 
-from shared.config import normalise_database_url
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.models import Article, ArticleHistory, OutboxEvent
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+T = TypeVar("T")
 
 TARGET_RATE = 20_000.0  # archived articles (with their outbox events) per second
 TARGET_RSS_MB = 300.0
@@ -92,84 +113,21 @@ OTHER_BENCHES = ("bench/publish.py", "bench/archive.py")
 QUIET_POLL_S = 30.0
 QUIET_CORES = 0.3
 QUIET_WINDOWS = 5
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 40.0
 REQUEST_TIMEOUT_S = 10.0
 SWEEP_TIMEOUT_S = 3600.0
-
-
-def say(message: str) -> None:
-    """Progress goes to stderr; the tables go to stdout."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN when there are no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def median(values: Sequence[float]) -> float:
-    finite = [v for v in values if v == v]
-    return statistics.median(finite) if finite else float("nan")
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "-" if value != value else f"{value:,.{digits}f}"
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate([headers, *rows]):
-        cells = [
-            str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i])
-            for i, c in enumerate(row)
-        ]
-        lines.append(indent + "  ".join(cells).rstrip())
-        if n == 0:
-            lines.append(indent + "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
 # Other benchmarks on the machine
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _stat_fields(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
 def _parent(pid: int) -> int:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if fields else 0
 
 
 def _started(pid: int) -> tuple[int, int]:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return (int(fields[19]) if fields else 0), pid  # clock ticks after boot
 
 
@@ -187,27 +145,13 @@ def other_benchmarks() -> list[str]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) not in mine:
-            cmd = _cmdline(int(entry))
+            cmd = cmdline(int(entry))
             if not any(b in cmd for b in OTHER_BENCHES) or "--naive-child" in cmd:
                 continue
             if "bench/archive.py" in cmd and _started(int(entry)) > me:
                 continue
             found.append(f"{entry}: {cmd.strip()}")
     return found
-
-
-def machine_busy(seconds: float) -> float:
-    """Cores busy on the whole machine over the next ``seconds``."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        return sum(values[:8]) - values[3] - values[4], sum(values[:8])
-
-    busy0, total0 = sample()
-    time.sleep(seconds)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
 
 
 def wait_for_quiet(timeout: float) -> str:
@@ -231,145 +175,23 @@ def wait_for_quiet(timeout: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# CPU accounting from /proc
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# CPU during the sweep
 
 
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+def sweep_sampler(stack_pid: int | None) -> CpuSampler:
+    """CPU seconds of the stack (the supervisor and its descendants), PostgreSQL, everything
+    else, this client."""
 
+    def outside(cmd: str) -> str:
+        return "postgresql" if cmd.startswith("postgres") else "other"
 
-@dataclass
-class CpuSnapshot:
-    at: float
-    groups: dict[str, float]
-    machine_busy: float
-    machine_total: float
-
-
-def cpu_snapshot(stack_pid: int | None) -> CpuSnapshot:
-    """CPU seconds of the stack (the supervisor and its descendants), PostgreSQL, this client."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (found := _proc_stat(int(entry))) is not None:
-            parents[int(entry)], cpu[int(entry)] = found
-    groups = {"stack": 0.0, "postgresql": 0.0, "other": 0.0}
-    for pid, seconds in cpu.items():
-        if pid == os.getpid():
-            continue
-        ancestor: int | None = pid
-        while ancestor:
-            if ancestor == stack_pid:
-                groups["stack"] += seconds
-                break
-            ancestor = parents.get(ancestor)
-        else:
-            name = "postgresql" if _cmdline(pid).startswith("postgres") else "other"
-            groups[name] += seconds
-    times = os.times()
-    groups["bench client"] = times.user + times.system
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return CpuSnapshot(time.monotonic(), groups, (total - idle) / CLK_TCK, total / CLK_TCK)
-
-
-def cores_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
-    elapsed = after.at - before.at
-    if elapsed <= 0:
-        return {}
-    cores = {n: (s - before.groups.get(n, 0.0)) / elapsed for n, s in after.groups.items()}
-    spent = after.machine_total - before.machine_total
-    if spent > 0:
-        busy = after.machine_busy - before.machine_busy
-        cores["machine busy"] = busy / spent * (os.cpu_count() or 1)
-    return cores
-
-
-# --------------------------------------------------------------------------------------------
-# Databases
-
-
-class Databases:
-    """A SQLite file in each VAR_DIR, or throwaway PostgreSQL databases dropped at the end."""
-
-    def __init__(self, server_url: str | None):
-        self.server_url = normalise_database_url(server_url) if server_url else None
-        self.created: list[str] = []
-
-    @property
-    def kind(self) -> str:
-        return "PostgreSQL" if self.server_url else "SQLite"
-
-    def fresh(self, var_dir: Path) -> str:
-        if self.server_url is None:
-            return f"sqlite:///{var_dir / 'pressroom.db'}"
-        name = f"pressroom_archbench_{uuid.uuid4().hex[:12]}"
-        self._admin(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop(self, url: str) -> None:
-        if self.server_url is None:
-            return
-        name = make_url(url).database
-        if name in self.created:
-            self.created.remove(name)
-            try:
-                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception as exc:
-                say(f"could not drop database {name}: {exc}")
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            assert self.server_url is not None
-            self.drop(make_url(self.server_url).set(database=name).render_as_string(False))
-
-    def server_version(self) -> str:
-        if self.server_url is None:
-            import sqlite3
-
-            return f"SQLite {sqlite3.sqlite_version}"
-        engine = create_engine(self.server_url)
-        try:
-            with engine.connect() as conn:
-                return f"PostgreSQL {conn.execute(text('SHOW server_version')).scalar()}"
-        finally:
-            engine.dispose()
-
-    def _admin(self, statement: str) -> None:
-        assert self.server_url is not None
-        engine = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            engine.dispose()
-
-
-def reader(url: str) -> Engine:
-    """The bench's own reads: plain transactions, never SQLite's write lock (BEGIN IMMEDIATE)."""
-    if url.startswith("sqlite"):
-        return create_engine(url, connect_args={"timeout": 30})
-    return create_engine(url, pool_pre_ping=True)
+    return CpuSampler(
+        stack_pid, lambda _: "stack", outside, "bench client", ("stack", "postgresql", "other")
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Bulk load
-
-COLUMNS = (
-    "id", "slug", "title", "summary", "body", "section", "tags", "authors", "media", "status",
-    "publish_at", "published_at", "archived_at", "archive_reason", "archive_after", "evergreen",
-    "version", "created_at", "updated_at",
-)  # fmt: skip
 
 AGED_SPREAD_S = 300 * 86_400  # aged: published 400 to 700 days ago
 RECENT_SPREAD_S = 170 * 86_400  # the rest: within the last 170 days (the age is 180)
@@ -394,29 +216,16 @@ def published_at(i: int, n: int, m: int, layout: str, now: datetime) -> tuple[bo
     return aged, now - timedelta(days=400 if aged else 0, seconds=spread + 60)
 
 
-def article_row(i: int, slug: str, published: datetime) -> dict[str, Any]:
+def bench_article(i: int, slug: str, published: datetime) -> dict[str, Any]:
     section = SECTIONS[i % len(SECTIONS)]
-    return {
-        "id": str(uuid.uuid4()),
-        "slug": slug,
-        "title": f"Bench story {slug}",
-        "summary": f"Story {i} of the archive benchmark.",
-        "body": f"<p>Short body of bench story {i}, in {section}.</p>",
-        "section": section,
-        "tags": ["bench", section],
-        "authors": ["Bench Reporter"],
-        "media": None,
-        "status": "published",
-        "publish_at": None,
-        "published_at": published,
-        "archived_at": None,
-        "archive_reason": None,
-        "archive_after": None,
-        "evergreen": False,
-        "version": 1,
-        "created_at": published,
-        "updated_at": published,
-    }
+    return article_row(
+        slug,
+        f"Bench story {slug}",
+        f"Story {i} of the archive benchmark.",
+        f"<p>Short body of bench story {i}, in {section}.</p>",
+        section,
+        published,
+    )
 
 
 def bench_slug(i: int) -> str:
@@ -427,7 +236,7 @@ def bench_rows(
     start: int, stop: int, n: int, m: int, layout: str, now: datetime
 ) -> Iterator[dict[str, Any]]:
     for i in range(start, stop):
-        yield article_row(i, bench_slug(i), published_at(i, n, m, layout, now)[1])
+        yield bench_article(i, bench_slug(i), published_at(i, n, m, layout, now)[1])
 
 
 def load_core(engine: Engine, rows: Iterator[dict[str, Any]], batch: int = LOAD_BATCH) -> int:
@@ -451,12 +260,12 @@ def load_postgres_copy(url: str, n: int, m: int, layout: str, now: datetime) -> 
     with psycopg.connect(conninfo) as conn:
         with (
             conn.cursor() as cur,
-            cur.copy(f"COPY articles ({', '.join(COLUMNS)}) FROM STDIN") as cp,
+            cur.copy(f"COPY articles ({', '.join(ARTICLE_COLUMNS)}) FROM STDIN") as cp,
         ):
             for row in bench_rows(0, n, n, m, layout, now):
                 row["tags"] = json.dumps(row["tags"])
                 row["authors"] = json.dumps(row["authors"])
-                cp.write_row([row[c] for c in COLUMNS])
+                cp.write_row([row[c] for c in ARTICLE_COLUMNS])
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE articles")
@@ -488,7 +297,7 @@ def load_naive_sample(url: str, run: int, count: int) -> None:
     engine = make_engine(url)
     old = datetime.now(UTC) - timedelta(days=800)
     rows = (
-        article_row(i, f"naive-{run}-{i:05d}", old - timedelta(minutes=i)) for i in range(count)
+        bench_article(i, f"naive-{run}-{i:05d}", old - timedelta(minutes=i)) for i in range(count)
     )
     try:
         load_core(engine, rows)
@@ -500,115 +309,16 @@ def load_naive_sample(url: str, run: int, count: int) -> None:
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def process_env(var_dir: Path, database_url: str, chunk: int | None) -> dict[str, str]:
+def sweep_env(var_dir: Path, database_url: str, chunk: int | None) -> dict[str, str]:
     """What the stack and the commands get: REDIS_URL unset (embedded), the policy's age."""
-    dropped = ("DATABASE_URL", "REDIS_URL", "PUBLIC_BASE_URL", "PORT", "ARCHIVE_POLICY")
-    env = {k: v for k, v in os.environ.items() if k not in dropped and k != "ARCHIVE_SWEEP_CHUNK"}
-    env.update(
-        VAR_DIR=str(var_dir),
-        DATABASE_URL=database_url,
+    return stack_env(
+        var_dir,
+        database_url,
+        drop=("ARCHIVE_POLICY", "ARCHIVE_SWEEP_CHUNK"),
         ARCHIVE_AFTER_DAYS=str(ARCHIVE_AFTER_DAYS),
         ARCHIVE_SWEEP_SECONDS="86400",  # beat's own sweep must not race the one timed
-        PYTHONUNBUFFERED="1",
+        **({} if chunk is None else {"ARCHIVE_SWEEP_CHUNK": str(chunk)}),
     )
-    if chunk is not None:
-        env["ARCHIVE_SWEEP_CHUNK"] = str(chunk)
-    return env
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM to a process started in its own session; SIGKILL to its group if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            say(f"pid {proc.pid} did not stop in {timeout:.0f} s; killing its group")
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def http_status(port: int, path: str, timeout: float = 2.0) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
-class Stack:
-    """``python -m services.cli up`` as a child in its own session, stopped with SIGTERM."""
-
-    def __init__(self, var_dir: Path, env: dict[str, str], port: int):
-        self.var_dir = var_dir
-        self.port = port
-        self.env = dict(env, PORT=str(port))
-        self.log_path = var_dir / "stack.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "services.cli", "up"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the stack exited with {self.proc.returncode}:\n{tail(self.log_path)}"
-                )
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if http_status(self.port, "/readyz") == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"/readyz not 200 after {READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.2)
-
-    def token(self) -> str:
-        done = subprocess.run(
-            [PYTHON, "-m", "services.cli", "token", "create", "--role", "editor"],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,21 +431,33 @@ class Client:
         self.result.seconds = time.perf_counter() - self.started
         return self.result
 
+    def measure(self, seconds: float) -> Latencies:
+        """The latencies of ``seconds`` of sending with nothing else going on."""
+        self.start(seconds)
+        time.sleep(seconds)
+        return self.stop()
+
+    def during(self, work: Callable[[], T]) -> tuple[T, Latencies]:
+        """``work()``, and the latencies while it ran."""
+        self.start(SWEEP_TIMEOUT_S)
+        try:
+            result = work()
+        finally:
+            latencies = self.stop()
+        return result, latencies
+
     def _payload(self) -> bytes:
         with self.lock:
             self.counter += 1
             n = self.counter
-        return json.dumps(
-            {
-                "title": f"Live story {self.tag} {n}",
-                "summary": "Filed while the archive sweep ran.",
-                "body": "<p>" + "A paragraph of live news copy. " * 30 + "</p>",
-                "section": SECTIONS[n % len(SECTIONS)],
-                "tags": ["bench", "live"],
-                "authors": ["Bench Reporter"],
-                "status": "published",
-            }
-        ).encode()
+        payload = article_payload(
+            f"Live story {self.tag} {n}",
+            "Filed while the archive sweep ran.",
+            "<p>" + "A paragraph of live news copy. " * 30 + "</p>",
+            SECTIONS[n % len(SECTIONS)],
+            ["bench", "live"],
+        )
+        return json.dumps(payload).encode()
 
     def _run(self, kind: str, rate: float, n: int, deadline: float) -> None:
         rng = random.Random(f"{self.tag}-{n}")
@@ -812,7 +534,8 @@ def run_sweep(env: dict[str, str], stack_pid: int | None) -> SweepResult:
     ru_maxrss (wait4) keeps the high-water mark across fork and exec, so it includes the
     pages the child shared with this bench process (which holds the load's buffers) before it
     exec'd the sweep; the sweep's own peak is VmHWM of its image, sampled every 20 ms."""
-    before = cpu_snapshot(stack_pid)
+    sampler = sweep_sampler(stack_pid)
+    before = sampler.snapshot()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [PYTHON, "-m", "services.cli", "archive", "sweep"],
@@ -861,7 +584,7 @@ def run_sweep(env: dict[str, str], stack_pid: int | None) -> SweepResult:
     proc.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join(10)
-    cores = cores_between(before, cpu_snapshot(stack_pid))
+    cores = sampler.cores_since(before)
     cores["sweep"] = (usage.ru_utime + usage.ru_stime) / wall if wall else 0.0
     if proc.returncode != 0:
         raise RuntimeError(f"the sweep exited with {proc.returncode}:\n" + "\n".join(other[-30:]))
@@ -1009,11 +732,10 @@ def one_run(args: argparse.Namespace, databases: Databases, run: int, base: Path
         load_seconds = load(url, args.articles, aged, args.layout)
         load_naive_sample(url, run, sample)
         say(f"run {run}: loaded in {load_seconds:.1f} s, plus {sample:,} for the naive loop")
-        env = process_env(var_dir, url, args.chunk)
+        env = sweep_env(var_dir, url, args.chunk)
         port = free_port()
         stack = Stack(var_dir, env, port)
         stack.start()
-        assert stack.proc is not None
         token = stack.token()
         say(f"run {run}: stack up on port {port}; baseline client for {args.baseline_seconds} s")
         client = Client(
@@ -1026,19 +748,11 @@ def one_run(args: argparse.Namespace, databases: Databases, run: int, base: Path
             args.post_threads,
             f"r{run}-{uuid.uuid4().hex[:6]}",
         )
-        client.start(args.warmup_seconds)  # the workers' start-up, first connections: unmeasured
-        time.sleep(args.warmup_seconds)
-        client.stop()
-        client.start(args.baseline_seconds)
-        time.sleep(args.baseline_seconds)
-        baseline = client.stop()
+        client.measure(args.warmup_seconds)  # the workers' start-up, first connections: unmeasured
+        baseline = client.measure(args.baseline_seconds)
 
         say(f"run {run}: naive loop on the {sample:,} oldest aged articles")
-        client.start(SWEEP_TIMEOUT_S)
-        try:
-            naive = run_naive(env, sample)
-        finally:
-            during_naive = client.stop()
+        naive, during_naive = client.during(lambda: run_naive(env, sample))
         say(f"run {run}: naive {naive.archived:,} in {naive.loop_seconds:.1f} s")
         after_naive = counts(url)
         problems = check(
@@ -1056,11 +770,8 @@ def one_run(args: argparse.Namespace, databases: Databases, run: int, base: Path
         wait_for_relay(url, 120.0)  # the naive loop's events, so the sweep starts on a calm stack
 
         say(f"run {run}: sweeping")
-        client.start(SWEEP_TIMEOUT_S)
-        try:
-            sweep = run_sweep(env, stack.proc.pid)
-        finally:
-            during_sweep = client.stop()
+        stack_pid = stack.pid
+        sweep, during_sweep = client.during(lambda: run_sweep(env, stack_pid))
         say(
             f"run {run}: swept {sweep.archived:,} in {sweep.wall:.1f} s "
             f"({sweep.rate:,.0f}/s), peak RSS {sweep.rss_mb:.0f} MB"
@@ -1125,14 +836,14 @@ def wait_for_relay(url: str, timeout: float) -> None:
     """Until the stack's relay has sent every outbox event (or ``timeout``)."""
     engine = reader(url)
     pending = select(func.count()).where(OutboxEvent.relayed_at.is_(None))
-    deadline = time.monotonic() + timeout
+
+    def relayed() -> bool:
+        with engine.connect() as conn:
+            return not conn.execute(pending).scalar()
+
     try:
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                if not conn.execute(pending).scalar():
-                    return
-            time.sleep(0.5)
-        say(f"the outbox was not drained after {timeout:.0f} s; going on")
+        if math.isnan(wait_until(relayed, timeout, 0.5)):
+            say(f"the outbox was not drained after {timeout:.0f} s; going on")
     finally:
         engine.dispose()
 
@@ -1141,9 +852,13 @@ def wait_for_relay(url: str, timeout: float) -> None:
 # Report
 
 
+def figure(label: str, value: str, target: str = "", ok: bool | None = None) -> list[str]:
+    """A row of the sweep's and the naive loop's tables."""
+    return [label, value, target, "" if ok is None else verdict(ok)]
+
+
 def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]) -> str:
     n = len(runs)
-    med = median
     lines = []
     chunk = args.chunk if args.chunk is not None else "2000 (product default)"
     lines.append(
@@ -1159,7 +874,7 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
     )
     lines.append("")
 
-    load_s = med([r.load_seconds for r in runs])
+    load_s = median(r.load_seconds for r in runs)
     lines.append("Load (bulk insert of the articles; schema excluded)")
     method = "COPY via psycopg + VACUUM ANALYZE" if databases.server_url else "core executemany"
     lines.append(
@@ -1170,55 +885,47 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
     )
     lines.append("")
 
-    rate = med([r.sweep.rate for r in runs])
-    rss = med([r.sweep.rss_mb for r in runs])
-    wall = med([r.sweep.wall for r in runs])
-    startup = med([r.resweep.wall for r in runs])
+    rate = median(r.sweep.rate for r in runs)
+    rss = median(r.sweep.rss_mb for r in runs)
+    wall = median(r.sweep.wall for r in runs)
+    startup = median(r.resweep.wall for r in runs)
     gaps = [g for r in runs for g in r.sweep.chunk_gaps]
+    gap_ms = f"{fmt(percentile(gaps, 50) * 1000)} / {fmt(percentile(gaps, 100) * 1000)}"
     lines.append("Sweep (`python -m services.cli archive sweep`, one child process, stack up)")
     lines.append(
         table(
             ["figure", "value", "target", ""],
             [
-                ["archived", f"{med([r.sweep.archived for r in runs]):,.0f}", "", ""],
-                ["wall seconds (spawn to exit)", fmt(wall, 2), "", ""],
-                [
+                figure("archived", f"{median(r.sweep.archived for r in runs):,.0f}"),
+                figure("wall seconds (spawn to exit)", fmt(wall, 2)),
+                figure(
                     "archived/s, outbox events included",
                     fmt(rate, 0),
                     f">= {TARGET_RATE:,.0f}",
-                    verdict(rate >= TARGET_RATE),
-                ],
-                [
+                    rate >= TARGET_RATE,
+                ),
+                figure(
                     "peak RSS of the sweep (VmHWM), MB",
                     fmt(rss),
                     f"< {TARGET_RSS_MB:.0f}",
-                    verdict(rss < TARGET_RSS_MB),
-                ],
-                [
+                    rss < TARGET_RSS_MB,
+                ),
+                figure(
                     "  ru_maxrss (wait4), MB, incl. pages shared at fork",
-                    fmt(med([r.sweep.maxrss_mb for r in runs])),
-                    "",
-                    "",
-                ],
-                ["CPU seconds of the sweep", fmt(med([r.sweep.cpu for r in runs]), 2), "", ""],
-                ["chunks", f"{med([r.sweep.chunks for r in runs]):,.0f}", "", ""],
-                [
-                    "chunk time p50 / max, ms",
-                    f"{fmt(percentile(gaps, 50) * 1000)} / {fmt(percentile(gaps, 100) * 1000)}",
-                    "",
-                    "",
-                ],
-                ["second sweep, 0 due, stack stopped: wall s", fmt(startup, 2), "", ""],
-                [
+                    fmt(median(r.sweep.maxrss_mb for r in runs)),
+                ),
+                figure("CPU seconds of the sweep", fmt(median(r.sweep.cpu for r in runs), 2)),
+                figure("chunks", f"{median(r.sweep.chunks for r in runs):,.0f}"),
+                figure("chunk time p50 / max, ms", gap_ms),
+                figure("second sweep, 0 due, stack stopped: wall s", fmt(startup, 2)),
+                figure(
                     "archived/s without that fixed cost",
                     fmt(args.aged / max(wall - startup, 1e-9), 0),
-                    "",
-                    "",
-                ],
+                ),
             ],
         )
     )
-    cores = {k: med([r.sweep.cores.get(k, 0.0) for r in runs]) for k in runs[0].sweep.cores}
+    cores = {k: median(r.sweep.cores.get(k, 0.0) for r in runs) for k in runs[0].sweep.cores}
     order = ["sweep", "stack", "postgresql", "bench client", "other", "machine busy"]
     lines.append(
         "  CPU during the sweep (cores): "
@@ -1227,8 +934,8 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
     )
     lines.append("")
 
-    naive_rate = med([r.naive.rate for r in runs])
-    ratio = med([r.sweep.rate / r.naive.rate if r.naive.rate else float("nan") for r in runs])
+    naive_rate = median(r.naive.rate for r in runs)
+    ratio = median(r.sweep.rate / r.naive.rate if r.naive.rate else float("nan") for r in runs)
     lines.append(
         f"Naive loop (the {args.naive_sample:,} oldest aged articles, loaded with the rest and"
         " archived before the sweep, in the same database: ORM load + lifecycle.transition +"
@@ -1238,20 +945,17 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
         table(
             ["figure", "value", "target", ""],
             [
-                [
-                    "naive seconds (loop only)",
-                    fmt(med([r.naive.loop_seconds for r in runs]), 2),
-                    "",
-                    "",
-                ],
-                ["naive archived/s", fmt(naive_rate, 0), "", ""],
-                ["sweep archived/s", fmt(rate, 0), "", ""],
-                [
+                figure(
+                    "naive seconds (loop only)", fmt(median(r.naive.loop_seconds for r in runs), 2)
+                ),
+                figure("naive archived/s", fmt(naive_rate, 0)),
+                figure("sweep archived/s", fmt(rate, 0)),
+                figure(
                     "sweep / naive",
                     f"{fmt(ratio)}x",
                     f">= {TARGET_RATIO:.0f}x",
-                    verdict(ratio >= TARGET_RATIO),
-                ],
+                    ratio >= TARGET_RATIO,
+                ),
             ],
         )
     )
@@ -1271,16 +975,16 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
         for kind in ("get", "post"):
             samples = [pick(r) for r in runs]
             values = [getattr(s, kind) for s in samples]
-            p99 = med([percentile(v, 99) * 1000 for v in values])
+            p99 = median_percentile(values, 99, 1000)
             target = verdict(p99 < TARGET_P99_MS) if label == "during the sweep" else ""
             rows.append(
                 [
                     f"{'GET page' if kind == 'get' else 'POST article'}, {label}",
-                    f"{med([len(v) for v in values]):,.0f}",
-                    f"{med([getattr(s, kind + '_errors') for s in samples]):,.0f}",
-                    fmt(med([percentile(v, 50) * 1000 for v in values])),
+                    f"{median(len(v) for v in values):,.0f}",
+                    f"{median(getattr(s, kind + '_errors') for s in samples):,.0f}",
+                    fmt(median_percentile(values, 50, 1000)),
                     fmt(p99),
-                    fmt(med([max(v, default=float("nan")) * 1000 for v in values])),
+                    fmt(median_percentile(values, 100, 1000)),
                     f"< {TARGET_P99_MS:.0f}" if target else "",
                     target,
                 ]
@@ -1288,7 +992,7 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
     lines.append(
         table(["requests", "n", "errors", "p50 ms", "p99 ms", "max ms", "target", ""], rows)
     )
-    late = med([r.during_sweep.late for r in runs])
+    late = median(r.during_sweep.late for r in runs)
     lines.append(f"  sends that missed their slot during the sweep (median): {late:,.0f}")
     lines.append("")
 
@@ -1303,20 +1007,12 @@ def report(args: argparse.Namespace, databases: Databases, runs: list[RunResult]
     )
     lines.append("")
 
-    command = [".venv/bin/python", "bench/archive.py", "--runs", str(args.runs)]
-    command += ["--articles", str(args.articles), "--aged", str(args.aged)]
-    defaults = parse_args([])
+    command = [".venv/bin/python", "bench/archive.py", *flags(args, ("runs", "articles", "aged"))]
     options = (
         "database_url", "naive_sample", "layout", "chunk", "baseline_seconds", "warmup_seconds",
         "get_rate", "post_rate", "get_threads", "post_threads",
     )  # fmt: skip
-    for name in options:
-        value = getattr(args, name)
-        if value != getattr(defaults, name):
-            command += [
-                "--" + name.replace("_", "-"),
-                f"{value:g}" if isinstance(value, float) else str(value),
-            ]
+    command += flags(args, options, parse_args([]))
     lines.append("Reproduce: cd " + shlex.quote(str(ROOT)) + " && " + shlex.join(command))
     return "\n".join(lines)
 
@@ -1379,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    databases = Databases(args.database_url)
+    databases = Databases(args.database_url, "pressroom_archbench_")
     base = Path(tempfile.mkdtemp(prefix="pressroom-archbench-"))
     runs: list[RunResult] = []
     try:
@@ -1394,8 +1090,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep:
             databases.drop_all()
-            import shutil
-
             shutil.rmtree(base, ignore_errors=True)
         else:
             say(f"kept {base}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import html
 import itertools
@@ -40,7 +39,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,24 +51,47 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import redis
+from _harness import (
+    PYTHON,
+    ROOT,
+    CpuSampler,
+    Databases,
+    Stack,
+    article_payload,
+    article_row,
+    flags,
+    fmt,
+    free_port,
+    machine_busy,
+    median,
+    median_percentile,
+    percentile,
+    reader,
+    say,
+    spawn,
+    stack_env,
+    stop_group,
+    table,
+    verdict,
+    wait_until,
+)
 from celery import Celery
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import make_url
 
 from shared import events
 from shared.bus import CONSUMERS, ROUTES, CelerySender, Relay
 from shared.celery import create_celery
-from shared.config import Settings, normalise_database_url
+from shared.config import Settings
 from shared.db import Database, make_engine, new_id, utcnow
 from shared.embedded_redis import server_argv, wait_until_ready
 from shared.migrate import upgrade
 from shared.models import Article, ConsumedEvent, OutboxEvent
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bbc-dev.csv"
 
 TARGET_CREATIONS_PER_S = 400.0
@@ -82,53 +103,6 @@ RECIPE_FLOOR = {1: 1000.0, 2: 2200.0}  # RECIPES.md: no-op tasks/s for 1 and 2 p
 NOOP_QUEUE = "bench-noop"
 NOOP_TASK = "bench.noop"
 REQUEST_TIMEOUT_S = 30.0
-READY_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 40.0
-
-
-def say(message: str) -> None:
-    """Progress goes to stderr; the tables go to stdout."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of unsorted values; NaN when there are none."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def median(values: Sequence[float]) -> float:
-    finite = [v for v in values if v == v]
-    return statistics.median(finite) if finite else float("nan")
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "-" if value != value else f"{value:,.{digits}f}"
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate([headers, *rows]):
-        cells = [
-            str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i])
-            for i, c in enumerate(row)
-        ]
-        lines.append(indent + "  ".join(cells).rstrip())
-        if n == 0:
-            lines.append(indent + "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,15 +122,10 @@ class Corpus:
 
     def payload(self, n: int, tag: str) -> dict[str, Any]:
         title, body, section = self.items[n % len(self.items)]
-        return {
-            "title": f"{title} ({tag}-{n})",  # unique titles, as a newsroom's are
-            "summary": f"Bench story {n} in {section}.",
-            "body": body,
-            "section": section,
-            "tags": ["bench", section],
-            "authors": ["Bench Reporter"],
-            "status": "published",
-        }
+        # unique titles, as a newsroom's are
+        return article_payload(
+            f"{title} ({tag}-{n})", f"Bench story {n} in {section}.", body, section
+        )
 
 
 def _html_body(paragraphs: Sequence[str], limit: int = 3100) -> str:
@@ -293,11 +262,18 @@ CLIENT_ERRORS = (OSError, EOFError, ValueError, TimeoutError, asyncio.Incomplete
 
 @dataclass
 class LoadResult:
-    ok: int
-    errors: int
-    elapsed: float
-    latencies: list[float]  # seconds, successful requests only
+    ok: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
     cpu: dict[str, float] = field(default_factory=dict)  # group -> cores used on average
+
+    def record(self, ok: bool, latency: float) -> None:
+        if ok:
+            self.latencies.append(latency)
+            self.ok += 1
+        else:
+            self.errors += 1
 
     @property
     def rate(self) -> float:
@@ -316,8 +292,7 @@ async def _closed_loop_raw(
     port: int, spec: RequestSpec, clients: int, duration: float
 ) -> LoadResult:
     counter = itertools.count()
-    latencies: list[float] = []
-    tally = {"ok": 0, "errors": 0}
+    result = LoadResult()
     conns = [RawConnection(port) for _ in range(clients)]
     for conn in conns:  # connected before the clock starts
         await conn.connect()
@@ -333,33 +308,28 @@ async def _closed_loop_raw(
             try:
                 status, _ = await conn.request(data)
             except CLIENT_ERRORS:
-                tally["errors"] += 1
+                result.errors += 1
                 continue
-            if status == spec.expect:
-                latencies.append(time.perf_counter() - t0)
-                tally["ok"] += 1
-            else:
-                tally["errors"] += 1
+            result.record(status == spec.expect, time.perf_counter() - t0)
 
     try:
         await asyncio.gather(*(client(c) for c in conns))
     finally:
         for conn in conns:
             conn.close()
-    return LoadResult(tally["ok"], tally["errors"], time.perf_counter() - start, latencies)
+    result.elapsed = time.perf_counter() - start
+    return result
 
 
 def _closed_loop_httpx(port: int, spec: RequestSpec, clients: int, duration: float) -> LoadResult:
     counter = itertools.count()
     lock = threading.Lock()
-    latencies: list[float] = []
-    tally = {"ok": 0, "errors": 0}
+    result = LoadResult()
     ready = threading.Barrier(clients + 1)
     stop_at = [0.0]
 
     def client() -> None:
-        mine: list[float] = []
-        ok = errors = 0
+        mine = LoadResult()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT_S) as http:
             http.get("/healthz")  # connected before the clock starts
             ready.wait()
@@ -375,17 +345,13 @@ def _closed_loop_httpx(port: int, spec: RequestSpec, clients: int, duration: flo
                         spec.method, spec.path, headers=spec.headers, content=content
                     )
                 except httpx.HTTPError:
-                    errors += 1
+                    mine.errors += 1
                     continue
-                if response.status_code == spec.expect:
-                    mine.append(time.perf_counter() - t0)
-                    ok += 1
-                else:
-                    errors += 1
+                mine.record(response.status_code == spec.expect, time.perf_counter() - t0)
         with lock:
-            latencies.extend(mine)
-            tally["ok"] += ok
-            tally["errors"] += errors
+            result.latencies.extend(mine.latencies)
+            result.ok += mine.ok
+            result.errors += mine.errors
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
@@ -395,7 +361,8 @@ def _closed_loop_httpx(port: int, spec: RequestSpec, clients: int, duration: flo
     stop_at[0] = start + duration
     for t in threads:
         t.join(timeout=duration + REQUEST_TIMEOUT_S + 10)
-    return LoadResult(tally["ok"], tally["errors"], time.perf_counter() - start, latencies)
+    result.elapsed = time.perf_counter() - start
+    return result
 
 
 def closed_loop(
@@ -411,31 +378,11 @@ def closed_loop(
 
 
 # --------------------------------------------------------------------------------------------
-# CPU accounting from /proc
+# CPU by role
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _group(cmdline: str) -> str | None:
+def _role(cmdline: str) -> str:
+    """The stack's process a command line belongs to."""
     if "gunicorn" in cmdline:
         return "publisher"
     for service in ("archiver", "notifier"):
@@ -449,71 +396,19 @@ def _group(cmdline: str) -> str | None:
         return "redis"
     if "services.cli up" in cmdline:
         return "supervisor"
-    return None
+    return "other stack"
 
 
-@dataclass
-class CpuSnapshot:
-    at: float
-    groups: dict[str, float]
-    machine_busy: float
-    machine_total: float
+def stack_sampler(root_pid: int | None, database_url: str = "") -> CpuSampler:
+    """CPU seconds by role (publisher, workers, redis, postgresql, this load generator): the
+    processes below ``root_pid`` by their command line, PostgreSQL's backends by the database
+    in their process title."""
+    title = f" {make_url(database_url).database} " if database_url.startswith("postgres") else ""
 
+    def backend(cmdline: str) -> str | None:
+        return "postgresql" if title in cmdline else None
 
-class CpuSampler:
-    """CPU seconds by role (publisher, workers, redis, postgresql, this load generator)."""
-
-    def __init__(self, root_pid: int | None = None, database_url: str = "") -> None:
-        self.root_pid = root_pid
-        # PostgreSQL backends show their database in the process title.
-        self.pg_title = (
-            f" {make_url(database_url).database} " if database_url.startswith("postgres") else ""
-        )
-
-    def snapshot(self) -> CpuSnapshot:
-        groups: dict[str, float] = {}
-        parents: dict[int, int] = {}
-        cpu: dict[int, float] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (found := _proc_stat(int(entry))) is not None:
-                parents[int(entry)], cpu[int(entry)] = found
-        for pid, seconds in cpu.items():
-            if pid == os.getpid():
-                continue
-            name = None
-            ancestor: int | None = pid
-            while ancestor:
-                if ancestor == self.root_pid:
-                    name = _group(_cmdline(pid)) or "other stack"
-                    break
-                ancestor = parents.get(ancestor)
-            if name is None and self.pg_title and self.pg_title in _cmdline(pid):
-                name = "postgresql"
-            if name is not None:
-                groups[name] = groups.get(name, 0.0) + seconds
-        times = os.times()
-        groups["load generator"] = times.user + times.system
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        idle = values[3] + values[4]
-        total = sum(values[:8])
-        return CpuSnapshot(time.monotonic(), groups, (total - idle) / CLK_TCK, total / CLK_TCK)
-
-    def cores_since(self, before: CpuSnapshot) -> dict[str, float]:
-        after = self.snapshot()
-        elapsed = after.at - before.at
-        if elapsed <= 0:
-            return {}
-        cores = {  # a process that exited in between takes its seconds with it: clamp at 0
-            name: max(0.0, (seconds - before.groups.get(name, 0.0)) / elapsed)
-            for name, seconds in after.groups.items()
-        }
-        spent = after.machine_total - before.machine_total
-        if spent > 0:
-            busy = (after.machine_busy - before.machine_busy) / spent * (os.cpu_count() or 1)
-            cores["other processes"] = max(0.0, busy - sum(cores.values()))
-            cores["machine busy"] = busy
-        return cores
+    return CpuSampler(root_pid, _role, backend if title else None, "load generator")
 
 
 CPU_ORDER = (
@@ -544,164 +439,7 @@ def cpu_line(samples: Sequence[dict[str, float]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Databases, processes
-
-
-class Databases:
-    """SQLite files under each VAR_DIR, or throwaway PostgreSQL databases dropped at the end."""
-
-    def __init__(self, server_url: str | None):
-        self.server_url = normalise_database_url(server_url) if server_url else None
-        self.created: list[str] = []
-
-    @property
-    def kind(self) -> str:
-        return "PostgreSQL" if self.server_url else "SQLite"
-
-    def fresh(self, var_dir: Path) -> str:
-        if self.server_url is None:
-            return f"sqlite:///{var_dir / 'pressroom.db'}"
-        name = f"pressroom_bench_{uuid.uuid4().hex[:12]}"
-        self._admin(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        while self.created:
-            name = self.created.pop()
-            try:
-                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception as exc:
-                say(f"could not drop database {name}: {exc}")
-
-    def server_version(self) -> str:
-        if self.server_url is None:
-            import sqlite3
-
-            return f"SQLite {sqlite3.sqlite_version}"
-        engine = create_engine(self.server_url)
-        try:
-            with engine.connect() as conn:
-                return str(conn.execute(text("SHOW server_version")).scalar())
-        finally:
-            engine.dispose()
-
-    def _admin(self, statement: str) -> None:
-        assert self.server_url is not None
-        engine = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            engine.dispose()
-
-
-def reader(url: str) -> Engine:
-    """The bench's own reads: plain deferred transactions, so they never take SQLite's write
-    lock the way the product's sessions do (BEGIN IMMEDIATE), and never slow the stack."""
-    if url.startswith("sqlite"):
-        return create_engine(url, connect_args={"timeout": 30})
-    return create_engine(url, pool_pre_ping=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def process_env(var_dir: Path, database_url: str, port: int | None = None) -> dict[str, str]:
-    """The environment `pressroom up` and its commands get: REDIS_URL unset (embedded)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "PUBLIC_BASE_URL", "PORT")
-    }
-    env.update(VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1")
-    if not database_url.startswith("sqlite"):
-        env["DATABASE_URL"] = database_url  # SQLite: DATABASE_URL unset, the default file
-    if port is not None:
-        env["PORT"] = str(port)
-    return env
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM to a process started in its own session; SIGKILL to its group if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            say(f"pid {proc.pid} did not stop in {timeout:.0f} s; killing its group")
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-class Stack:
-    """``python -m services.cli up`` as a child, stopped with SIGTERM."""
-
-    def __init__(self, var_dir: Path, database_url: str, port: int):
-        self.var_dir = var_dir
-        self.database_url = database_url
-        self.port = port
-        self.env = process_env(var_dir, database_url, port)
-        self.log_path = var_dir / "stack.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=2) as http:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the stack exited with {self.proc.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if http.get("/readyz").status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"/readyz not 200 after {READY_TIMEOUT_S:.0f} s")
-                time.sleep(0.2)
-
-    def token(self) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "token", "create", "--role", "editor"],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+# Ledgers
 
 
 def routed_types(consumer: str) -> list[str]:
@@ -720,7 +458,6 @@ def ledger_counts(engine: Engine, since: datetime | None = None) -> dict[str, in
 def wait_caught_up(engine: Engine, timeout: float) -> float:
     """Wait until every consumer's ledger has each outbox event routed to it; returns seconds
     waited (NaN on timeout)."""
-    start = time.monotonic()
     with engine.connect() as conn:
         expected = {
             c: int(
@@ -733,14 +470,16 @@ def wait_caught_up(engine: Engine, timeout: float) -> float:
             )
             for c in CONSUMERS
         }
-    while True:
-        counts = ledger_counts(engine)
-        if all(counts[c] >= expected[c] for c in CONSUMERS):
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            say(f"consumers did not catch up in {timeout:.0f} s: {counts} of {expected}")
-            return float("nan")
-        time.sleep(0.25)
+    counts: dict[str, int] = {}
+
+    def caught_up() -> bool:
+        counts.update(ledger_counts(engine))
+        return all(counts[c] >= expected[c] for c in CONSUMERS)
+
+    waited = wait_until(caught_up, timeout, 0.25)
+    if math.isnan(waited):
+        say(f"consumers did not catch up in {timeout:.0f} s: {counts} of {expected}")
+    return waited
 
 
 # --------------------------------------------------------------------------------------------
@@ -758,20 +497,25 @@ def run_part1(
     stack: Stack, token: str, corpus: Corpus, args: argparse.Namespace, engine: Engine
 ) -> Part1:
     health = RequestSpec("GET", "/healthz", 200)
-    sampler = CpuSampler(stack.proc.pid if stack.proc else None, stack.database_url)
+    sampler = stack_sampler(stack.pid, stack.database_url)
+
+    def load(spec: RequestSpec, seconds: float) -> LoadResult:
+        return closed_loop(stack.port, spec, args.clients, seconds, args.client, sampler)
+
+    def creations() -> RequestSpec:  # titles unique per run
+        return article_spec(token, corpus, uuid.uuid4().hex[:6])
+
     result = Part1()
     say("part 1: warming up (2 s of each, not counted)")
-    create = article_spec(token, corpus, uuid.uuid4().hex[:6])
-    closed_loop(stack.port, create, args.clients, 2.0, args.client, sampler)
-    closed_loop(stack.port, health, args.clients, 1.0, args.client, sampler)
+    load(creations(), 2.0)
+    load(health, 1.0)
     wait_caught_up(engine, args.drain_timeout)
     for run in range(1, args.runs + 1):
-        create = article_spec(token, corpus, uuid.uuid4().hex[:6])  # titles unique per run
-        c = closed_loop(stack.port, create, args.clients, args.duration, args.client, sampler)
+        c = load(creations(), args.duration)
         result.creations.append(c)
         waited = wait_caught_up(engine, args.drain_timeout)
         result.catch_up.append(waited)
-        h = closed_loop(stack.port, health, args.clients, args.duration, args.client, sampler)
+        h = load(health, args.duration)
         result.health.append(h)
         say(
             f"part 1 run {run}/{args.runs}: creations {c.rate:.1f}/s p50 {c.p50_ms:.1f} ms "
@@ -781,30 +525,29 @@ def run_part1(
     return result
 
 
+def load_row(
+    label: str, results: Sequence[LoadResult], target: str = "", ok: bool | None = None
+) -> list[str]:
+    """A row of part 1's table: medians over runs, errors added up."""
+    return [
+        label,
+        fmt(median(r.rate for r in results)),
+        fmt(median(r.p50_ms for r in results)),
+        fmt(median(r.p99_ms for r in results)),
+        str(sum(r.errors for r in results)),
+        target,
+        "" if ok is None else verdict(ok),
+    ]
+
+
 def print_part1(result: Part1, args: argparse.Namespace) -> None:
     c, h = result.creations, result.health
-    c_rate, h_rate = median([r.rate for r in c]), median([r.rate for r in h])
-    c_p50, c_p99 = median([r.p50_ms for r in c]), median([r.p99_ms for r in c])
-    ok = c_rate >= TARGET_CREATIONS_PER_S and c_p99 < TARGET_CREATE_P99_MS
+    c_rate, h_rate = median(r.rate for r in c), median(r.rate for r in h)
+    ok = c_rate >= TARGET_CREATIONS_PER_S and median(r.p99_ms for r in c) < TARGET_CREATE_P99_MS
+    target = f">= {TARGET_CREATIONS_PER_S:.0f}/s, p99 < {TARGET_CREATE_P99_MS:.0f} ms"
     rows = [
-        [
-            "POST /api/v1/articles (201)",
-            fmt(c_rate),
-            fmt(c_p50),
-            fmt(c_p99),
-            str(sum(r.errors for r in c)),
-            f">= {TARGET_CREATIONS_PER_S:.0f}/s, p99 < {TARGET_CREATE_P99_MS:.0f} ms",
-            verdict(ok),
-        ],
-        [
-            "GET /healthz (200)",
-            fmt(h_rate),
-            fmt(median([r.p50_ms for r in h])),
-            fmt(median([r.p99_ms for r in h])),
-            str(sum(r.errors for r in h)),
-            "",
-            "",
-        ],
+        load_row("POST /api/v1/articles (201)", c, target, ok),
+        load_row("GET /healthz (200)", h),
     ]
     print(
         f"\nPart 1. Creations vs /healthz: {args.clients} concurrent keep-alive clients "
@@ -912,24 +655,32 @@ def _ledger_rows(
     return found
 
 
+def _wait_for_ledgers(
+    engine: Engine, article_ids: Sequence[str], timeout: float
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """``_ledger_rows`` once every consumer has recorded every article, or after ``timeout``."""
+    rows: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def all_recorded() -> bool:
+        rows.update(_ledger_rows(engine, article_ids))
+        return len(rows) >= len(article_ids) * len(CONSUMERS)
+
+    wait_until(all_recorded, timeout, 0.25)
+    return rows
+
+
 def run_part2(
     stack: Stack, token: str, corpus: Corpus, args: argparse.Namespace, engine: Engine
 ) -> list[Part2Run]:
     runs = []
-    sampler = CpuSampler(stack.proc.pid if stack.proc else None, stack.database_url)
+    sampler = stack_sampler(stack.pid, stack.database_url)
     wait_caught_up(engine, args.drain_timeout)
     for run in range(1, args.runs + 1):
         spec = article_spec(token, corpus, uuid.uuid4().hex[:6])
         before = sampler.snapshot()
         sent, answered, elapsed = asyncio.run(_paced(stack.port, spec, args.rate, args.duration))
         cpu = sampler.cores_since(before)
-        ids = [a for a, _, _ in answered]
-        deadline = time.monotonic() + args.drain_timeout
-        while True:
-            rows = _ledger_rows(engine, ids)
-            if len(rows) >= len(ids) * len(CONSUMERS) or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
+        rows = _wait_for_ledgers(engine, [a for a, _, _ in answered], args.drain_timeout)
         e2e: dict[str, list[float]] = {c: [] for c in CONSUMERS}
         from_commit: dict[str, list[float]] = {c: [] for c in CONSUMERS}
         missing = dict.fromkeys(CONSUMERS, 0)
@@ -941,16 +692,10 @@ def run_part2(
                 else:
                     e2e[consumer].append((found[0] - at) * 1000)
                     from_commit[consumer].append((found[0] - found[1]) * 1000)
+        api = [x for _, _, x in answered]
         result = Part2Run(
-            sent,
-            len(answered),
-            len(answered) / elapsed,
-            [x for _, _, x in answered],
-            e2e,
-            from_commit,
-            missing,
+            sent, len(answered), len(answered) / elapsed, api, e2e, from_commit, missing, cpu
         )
-        result.cpu = cpu
         runs.append(result)
         say(
             f"part 2 run {run}/{args.runs}: {len(answered)}/{sent} published at "
@@ -970,20 +715,21 @@ def print_part2(runs: list[Part2Run], args: argparse.Namespace) -> None:
     )
     rows = []
     for consumer in CONSUMERS:
-        p50 = median([percentile(r.e2e_ms[consumer], 50) for r in runs])
-        p99 = median([percentile(r.e2e_ms[consumer], 99) for r in runs])
+        e2e = [r.e2e_ms[consumer] for r in runs]
+        commit = [r.commit_ms[consumer] for r in runs]
+        p50, p99 = median_percentile(e2e, 50), median_percentile(e2e, 99)
         rows.append(
             [
                 consumer,
                 fmt(p50),
                 fmt(p99),
-                fmt(median([max(r.e2e_ms[consumer], default=float("nan")) for r in runs])),
-                fmt(median([min(r.e2e_ms[consumer], default=float("nan")) for r in runs])),
+                fmt(median_percentile(e2e, 100)),
+                fmt(median_percentile(e2e, 0)),
                 str(sum(r.missing[consumer] for r in runs)),
                 f"p50 < {TARGET_E2E_P50_MS:.0f} ms, p99 < {TARGET_E2E_P99_MS:.0f} ms",
                 verdict(p50 < TARGET_E2E_P50_MS and p99 < TARGET_E2E_P99_MS),
-                fmt(median([percentile(r.commit_ms[consumer], 50) for r in runs])),
-                fmt(median([percentile(r.commit_ms[consumer], 99) for r in runs])),
+                fmt(median_percentile(commit, 50)),
+                fmt(median_percentile(commit, 99)),
             ]
         )
     headers = ["consumer", "p50 ms", "p99 ms", "max ms", "min ms", "missing", "target", ""]
@@ -997,11 +743,12 @@ def print_part2(runs: list[Part2Run], args: argparse.Namespace) -> None:
                 for r in runs
             )
         )
+    api = [r.api_latencies for r in runs]
     print(
         f"  publishes: {sum(r.ok for r in runs)} of {sum(r.sent for r in runs)} answered 201, "
-        f"achieved {fmt(median([r.achieved_rate for r in runs]))}/s; API latency at this rate "
-        f"p50 {fmt(median([percentile(r.api_latencies, 50) * 1000 for r in runs]))} ms, "
-        f"p99 {fmt(median([percentile(r.api_latencies, 99) * 1000 for r in runs]))} ms"
+        f"achieved {fmt(median(r.achieved_rate for r in runs))}/s; API latency at this rate "
+        f"p50 {fmt(median_percentile(api, 50, 1000))} ms, "
+        f"p99 {fmt(median_percentile(api, 99, 1000))} ms"
     )
     print(
         "  (the publisher hands the event to the broker before it answers, so a fast consumer "
@@ -1104,19 +851,6 @@ class Drain:
     cpu: dict[str, float] = field(default_factory=dict)
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 def enqueue_events(db: Database, settings: Settings, corpus: Corpus, n: int) -> tuple[float, float]:
     """Insert n published articles with their outbox rows, then relay them with the product's
     Relay; returns (insert seconds, relay seconds)."""
@@ -1127,23 +861,7 @@ def enqueue_events(db: Database, settings: Settings, corpus: Corpus, n: int) -> 
         articles, outbox = [], []
         for i in range(start, min(n, start + 1000)):
             title, body, section = corpus.items[i % len(corpus.items)]
-            row = {
-                "id": new_id(),
-                "slug": f"bench-{tag}-{i}",
-                "title": f"{title} ({tag}-{i})",
-                "summary": "",
-                "body": body,
-                "section": section,
-                "tags": ["bench", section],
-                "authors": ["Bench Reporter"],
-                "media": None,
-                "status": "published",
-                "published_at": now,
-                "evergreen": False,
-                "version": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
+            row = article_row(f"bench-{tag}-{i}", f"{title} ({tag}-{i})", "", body, section, now)
             articles.append(row)
             data = {**Article(**row).snapshot(), "reason": None, "origin": "api"}
             envelope = events.make_envelope(events.ARTICLE_PUBLISHED, data)
@@ -1167,6 +885,39 @@ def enqueue_events(db: Database, settings: Settings, corpus: Corpus, n: int) -> 
     return t1 - t0, time.monotonic() - t1
 
 
+def run_workers(
+    argvs: Sequence[list[str]],
+    env: dict[str, str],
+    log: Path,
+    done: Callable[[float], bool],
+    timeout: float,
+    interval: float,
+    database_url: str = "",
+) -> tuple[dict[str, float], float]:
+    """Start worker processes and call ``done(seconds since they were started)`` every
+    ``interval`` until it returns true or ``timeout`` passes (an exited worker is an error);
+    stop them. Returns the cores used meanwhile and the seconds it all took."""
+    sampler = stack_sampler(os.getpid(), database_url)
+    before = sampler.snapshot()
+    started = time.monotonic()
+    procs = [spawn(argv, env, log) for argv in argvs]
+
+    def finished() -> bool:
+        if done(time.monotonic() - started):
+            return True
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a worker exited with {proc.returncode}; see {log}")
+        return False
+
+    try:
+        wait_until(finished, timeout, interval)
+        return sampler.cores_since(before), time.monotonic() - started
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
 def drain_consumers(
     engine: Engine,
     env: dict[str, str],
@@ -1177,27 +928,17 @@ def drain_consumers(
 ) -> dict[str, Drain]:
     since = utcnow()
     baseline = ledger_counts(engine, since)
-    sampler = CpuSampler(os.getpid(), str(engine.url))
-    before = sampler.snapshot()
-    started = time.monotonic()
-    procs = [
-        spawn([sys.executable, "-m", "services.cli", "worker", c], env, log) for c in consumers
-    ]
     done_at: dict[str, float] = {}
-    try:
-        while len(done_at) < len(consumers) and time.monotonic() - started < timeout:
-            time.sleep(0.25)
-            counts = ledger_counts(engine, since)
-            for c in consumers:
-                if c not in done_at and counts[c] - baseline[c] >= n:
-                    done_at[c] = time.monotonic() - started
-            for proc in procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"a worker exited with {proc.returncode}; see {log}")
-        cpu = sampler.cores_since(before)
-    finally:
-        for proc in procs:
-            stop_group(proc)
+
+    def all_done(elapsed: float) -> bool:
+        counts = ledger_counts(engine, since)
+        for c in consumers:
+            if c not in done_at and counts[c] - baseline[c] >= n:
+                done_at[c] = elapsed
+        return len(done_at) == len(consumers)
+
+    argvs = [[PYTHON, "-m", "services.cli", "worker", c] for c in consumers]
+    cpu, elapsed = run_workers(argvs, env, log, all_done, timeout, 0.25, str(engine.url))
     results = {}
     with engine.connect() as conn:
         for c in consumers:
@@ -1210,9 +951,7 @@ def drain_consumers(
             ).one()
             span = (last - first).total_seconds() if first is not None else 0.0
             rate = (count - 1) / span if span > 0 else float("nan")
-            results[c] = Drain(
-                int(count), rate, done_at.get(c, time.monotonic() - started), c in done_at, cpu
-            )
+            results[c] = Drain(int(count), rate, done_at.get(c, elapsed), c in done_at, cpu)
     return results
 
 
@@ -1244,34 +983,30 @@ def drain_floor(
             )
     send_rate = n / (time.monotonic() - t0)
     client = redis.Redis.from_url(settings.redis_client_url)
-    sampler = CpuSampler(os.getpid())
-    before = sampler.snapshot()
-    started = time.monotonic()
-    argv = [sys.executable, str(Path(__file__).resolve()), "--noop-worker", str(concurrency)]
-    proc = spawn([*argv, "--noop-bare"] if bare else argv, env, log)
-    first: tuple[float, int] | None = None
+    first: tuple[float, int] | None = None  # (seconds, depth) when the queue first moved
     finished: float | None = None
+
+    def drained(elapsed: float) -> bool:
+        nonlocal first, finished
+        depth = queue_depth(client, NOOP_QUEUE)
+        if first is None and depth < n:
+            first = (elapsed, depth)
+        if depth == 0:
+            finished = elapsed
+        return depth == 0
+
+    argv = [PYTHON, str(Path(__file__).resolve()), "--noop-worker", str(concurrency)]
     try:
-        while time.monotonic() - started < timeout:
-            depth = queue_depth(client, NOOP_QUEUE)
-            now = time.monotonic()
-            if first is None and depth < n:
-                first = (now, depth)
-            if depth == 0:
-                finished = now
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"the no-op worker exited with {proc.returncode}; see {log}")
-            time.sleep(0.01)
-        cpu = sampler.cores_since(before)
+        cpu, elapsed = run_workers(
+            [[*argv, "--noop-bare"] if bare else argv], env, log, drained, timeout, 0.01
+        )
     finally:
-        stop_group(proc)
         client.close()
     if first is None or finished is None:
-        return Drain(0, float("nan"), time.monotonic() - started, False), send_rate
+        return Drain(0, float("nan"), elapsed, False), send_rate
     span = finished - first[0]
     rate = first[1] / span if span > 0 else float("nan")
-    return Drain(n, rate, finished - started, True, cpu), send_rate
+    return Drain(n, rate, finished, True, cpu), send_rate
 
 
 @dataclass
@@ -1293,7 +1028,7 @@ def run_part3(
         var_dir = workdir / f"drain-{run}"
         var_dir.mkdir(parents=True)
         url = databases.fresh(var_dir)
-        env = process_env(var_dir, url)
+        env = stack_env(var_dir, url)
         settings = Settings.from_env(env)
         log = var_dir / "workers.log"
         broker = Broker(settings)
@@ -1456,16 +1191,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def reproduce(args: argparse.Namespace) -> list[str]:
     """The command line that repeats this run: every option that differs from its default."""
-    defaults = vars(parse_args([]))
-    command = [".venv/bin/python", "bench/publish.py"]
-    command += ["--runs", str(args.runs), "--duration", f"{args.duration:g}"]
-    command += ["--parts", ",".join(sorted(args.part_set))]
-    for name in ("database_url", "clients", "client", "rate", "events", "drain_timeout"):
-        value = getattr(args, name)
-        if value != defaults[name]:
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            command += [f"--{name.replace('_', '-')}", shown]
-    return command
+    return [
+        ".venv/bin/python",
+        "bench/publish.py",
+        *flags(args, ("runs", "duration")),
+        "--parts",
+        ",".join(sorted(args.part_set)),
+        *flags(
+            args,
+            ("database_url", "clients", "client", "rate", "events", "drain_timeout"),
+            parse_args([]),
+        ),
+    ]
 
 
 def tree_state() -> str:
@@ -1494,63 +1231,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         noop_worker_main(args.noop_worker, args.noop_bare)
         return 0
     signal.signal(signal.SIGTERM, _terminate)
-    databases = Databases(args.database_url)
+    databases = Databases(args.database_url, "pressroom_bench_")
     corpus = load_corpus(args.data)
-    settings = Settings.from_env(process_env(Path("/nonexistent"), "sqlite://"))
+    settings = Settings.from_env(stack_env(Path("/nonexistent"), "sqlite://"))
     workdir = Path(tempfile.mkdtemp(prefix="pressroom-bench-"))
     command = reproduce(args)
+    busy = machine_busy(2.0)
     header = [
         "Pressroom publish benchmark",
         f"  reproduce: {shlex.join(command)}   (make bench = the defaults, SQLite)",
         f"  tree: {tree_state()}",
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python "
-        f"{platform.python_version()}; database {databases.kind} "
-        f"({databases.server_version()}); broker embedded redis-server on a unix socket",
+        f"{platform.python_version()}; database {databases.server_version()}; "
+        "broker embedded redis-server on a unix socket",
         f"  publisher: gunicorn, {settings.web_workers} gthread workers x 4 threads; workers: "
         f"concurrency {settings.worker_concurrency}; log level {settings.log_level}",
         f"  article bodies: {corpus.source}, mean {corpus.mean_body_bytes:,.0f} bytes of HTML",
         f"  load generator: {args.client} client, in this process, on the same machine",
+        f"  machine busy before the bench started: {busy:.2f} cores (2 s sample)",
     ]
-    idle = CpuSampler()
-    before = idle.snapshot()
-    time.sleep(2)
-    busy = idle.cores_since(before).get("machine busy", 0.0)
-    header.append(f"  machine busy before the bench started: {busy:.2f} cores (2 s sample)")
     if busy > NOISY_CORES:
         header.append("  WARNING: the machine is not idle: other work will disturb the figures")
     print("\n".join(header), flush=True)
     stack: Stack | None = None
-    part1: Part1 | None = None
-    part2: list[Part2Run] | None = None
-    part3: list[Part3Run] | None = None
     try:
         if args.part_set & {"1", "2"}:
             var_dir = workdir / "stack"
-            var_dir.mkdir()
-            stack = Stack(var_dir, databases.fresh(var_dir), free_port())
+            stack = Stack(var_dir, stack_env(var_dir, databases.fresh(var_dir)), free_port())
             say(f"starting the stack: VAR_DIR={var_dir} PORT={stack.port}")
-            try:
-                stack.start()
-            except Exception:
-                print(tail(stack.log_path), file=sys.stderr)
-                raise
+            stack.start()
             token = stack.token()
             engine = reader(stack.database_url)
             try:
                 if "1" in args.part_set:
-                    part1 = run_part1(stack, token, corpus, args, engine)
-                    print_part1(part1, args)
+                    print_part1(run_part1(stack, token, corpus, args, engine), args)
                 if "2" in args.part_set:
-                    part2 = run_part2(stack, token, corpus, args, engine)
-                    print_part2(part2, args)
+                    print_part2(run_part2(stack, token, corpus, args, engine), args)
             finally:
                 engine.dispose()
                 say("stopping the stack (SIGTERM)")
                 stack.stop()
-                stack = None
         if "3" in args.part_set:
-            part3 = run_part3(databases, corpus, args, workdir)
-            print_part3(part3, args)
+            print_part3(run_part3(databases, corpus, args, workdir), args)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
