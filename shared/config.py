@@ -64,7 +64,7 @@ class Settings:
     archive_after_days: int = 180
     archive_policy: dict[str, int | None] = field(default_factory=dict)
     archive_sweep_seconds: int = 600
-    archive_sweep_chunk: int = 10000
+    archive_sweep_chunk: int = 2000
     archive_sweep_chunk_ms: int = 100
     outbox_sweep_seconds: int = 5
     schedule_sweep_seconds: int = 5
@@ -115,7 +115,7 @@ class Settings:
             archive_after_days=_int(env, "ARCHIVE_AFTER_DAYS", 180),
             archive_policy=parse_archive_policy(env.get("ARCHIVE_POLICY", "")),
             archive_sweep_seconds=_int(env, "ARCHIVE_SWEEP_SECONDS", 600),
-            archive_sweep_chunk=_int(env, "ARCHIVE_SWEEP_CHUNK", 10000),
+            archive_sweep_chunk=_int(env, "ARCHIVE_SWEEP_CHUNK", 2000),
             archive_sweep_chunk_ms=_int(env, "ARCHIVE_SWEEP_CHUNK_MS", 100),
             outbox_sweep_seconds=_int(env, "OUTBOX_SWEEP_SECONDS", 5),
             schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),

@@ -4,10 +4,9 @@ An article is due when it is published, not evergreen, and either its own ``arch
 has passed or, without one, it was published longer ago than its section's age
 (ARCHIVE_POLICY, else ARCHIVE_AFTER_DAYS).
 
-The sweep works in chunks, each one short transaction (sized to last about
-ARCHIVE_SWEEP_CHUNK_MS) that archives the chunk, audits it and
-writes its ``article.archived`` events to the outbox. Killed half-way, it has lost nothing:
-committed chunks are done, the open one rolled back, and the next sweep carries on. Two
+The sweep works in chunks (see :class:`Pace` for their size), each one short transaction
+that archives the chunk, audits it and writes its ``article.archived`` events to the
+outbox. Killed half-way, it has lost nothing: committed chunks are done, the open one rolled back, and the next sweep carries on. Two
 sweeps at once never archive a story twice: on PostgreSQL each skips rows the other holds;
 on SQLite each chunk holds the write lock; and only ``published`` rows are ever picked.
 """
@@ -227,27 +226,30 @@ def _pairs(fields: dict[str, Any], const: Callable[[str], ColumnElement[Any]]) -
 
 
 class Pace:
-    """How many rows the next chunk takes, so that each transaction lasts about ``target``.
+    """How many rows the next chunk takes, and how long the sweep waits before taking it.
 
-    Like pt-archiver's ``--chunk-time``: the size follows the measured rate, at most
-    doubling per step and never above ``ceiling``. On SQLite, where a chunk holds the only
-    write lock, the sweep then steps aside for half as long as it held the lock; the
-    publisher's writers, backing off in their busy handler, get their turn instead of
-    waiting out chunk after chunk.
+    On PostgreSQL a chunk locks only its own rows, so chunks are ``ceiling`` rows
+    (ARCHIVE_SWEEP_CHUNK). On SQLite a chunk holds the database's only write lock, so
+    chunks are sized to last about ``target`` seconds (ARCHIVE_SWEEP_CHUNK_MS), like
+    pt-archiver's ``--chunk-time``: the size follows the measured rate, at most doubling
+    per step, never above ``ceiling``. After each one the sweep steps aside for half as long
+    as it held the lock, so the publisher's writers, backing off in their busy handler,
+    get their turn instead of waiting out chunk after chunk.
     """
 
-    def __init__(self, ceiling: int, target_seconds: float, *, yield_lock: bool):
+    def __init__(self, ceiling: int, target_seconds: float | None):
         self.ceiling = max(1, ceiling)
-        self.size = min(self.ceiling, 500)
         self.target = target_seconds
-        self.yield_lock = yield_lock
+        self.size = self.ceiling if target_seconds is None else min(self.ceiling, 500)
 
     def after(self, rows: int, seconds: float) -> float:
         """Record a chunk; returns how long to pause before the next one."""
+        if self.target is None:
+            return 0.0
         if rows >= self.size and seconds > 0:
             fitted = int(rows * self.target / seconds)
             self.size = max(1, min(self.ceiling, 2 * self.size, fitted))
-        return seconds / 2 if self.yield_lock else 0.0
+        return seconds / 2
 
 
 def sweep(
@@ -259,11 +261,8 @@ def sweep(
 ) -> int:
     """Archive every due article, chunk by chunk; returns how many were archived."""
     now = now or utcnow()
-    pace = Pace(
-        settings.archive_sweep_chunk,
-        settings.archive_sweep_chunk_ms / 1000,
-        yield_lock=not is_postgres(db.engine),
-    )
+    target = None if is_postgres(db.engine) else settings.archive_sweep_chunk_ms / 1000
+    pace = Pace(settings.archive_sweep_chunk, target)
     total = 0
     while True:
         started = time.monotonic()

@@ -216,16 +216,20 @@ def test_a_bad_policy_stops_start_up_naming_the_bad_part(settings):
     assert "sport=ninety" in result.stderr
 
 
-def test_chunks_are_sized_to_the_target_time_within_the_ceiling():
-    pace = Pace(10_000, 0.1, yield_lock=True)
+def test_sqlite_chunks_are_sized_to_the_target_time_within_the_ceiling():
+    pace = Pace(10_000, 0.1)
     sizes = []
     for _ in range(6):  # fast chunks: 1 ms per 100 rows
         pause = pace.after(pace.size, pace.size / 100_000)
         sizes.append(pace.size)
     assert sizes == [1000, 2000, 4000, 8000, 10_000, 10_000]  # doubling, capped
-    assert pause == pytest.approx(0.05)  # SQLite: half the chunk's time to the others
+    assert pause == pytest.approx(0.05)  # half the chunk's time for the other writers
     pace.after(pace.size, 1.0)  # the database slowed down tenfold
     assert pace.size == 1000
     pace.after(10, 0.5)  # a short last chunk says nothing about the rate
     assert pace.size == 1000
-    assert Pace(10_000, 0.1, yield_lock=False).after(500, 0.2) == 0.0  # PostgreSQL
+
+
+def test_postgres_chunks_are_the_configured_size_without_pauses():
+    pace = Pace(2000, None)
+    assert (pace.size, pace.after(2000, 5.0), pace.size) == (2000, 0.0, 2000)
