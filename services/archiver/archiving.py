@@ -6,9 +6,10 @@ has passed or, without one, it was published longer ago than its section's age
 
 The sweep works in chunks (see :class:`Pace` for their size), each one short transaction
 that archives the chunk, audits it and writes its ``article.archived`` events to the
-outbox. Killed half-way, it has lost nothing: committed chunks are done, the open one rolled back, and the next sweep carries on. Two
-sweeps at once never archive a story twice: on PostgreSQL each skips rows the other holds;
-on SQLite each chunk holds the write lock; and only ``published`` rows are ever picked.
+outbox. Killed half-way, it has lost nothing: committed chunks are done, the open one
+rolled back, and the next sweep carries on. Two sweeps at once never archive a story
+twice: on PostgreSQL each skips rows the other holds; on SQLite each chunk holds the
+write lock; and only ``published`` rows are ever picked.
 """
 
 from __future__ import annotations
