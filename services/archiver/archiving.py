@@ -233,9 +233,9 @@ class Pace:
     (ARCHIVE_SWEEP_CHUNK). On SQLite a chunk holds the database's only write lock, so
     chunks are sized to last about ``target`` seconds (ARCHIVE_SWEEP_CHUNK_MS), like
     pt-archiver's ``--chunk-time``: the size follows the measured rate, at most doubling
-    per step, never above ``ceiling``. After each one the sweep steps aside for half as long
-    as it held the lock, so the publisher's writers, backing off in their busy handler,
-    get their turn instead of waiting out chunk after chunk.
+    per step, never above ``ceiling``. After each one the sweep steps aside for a tenth of
+    the time it held the lock: long enough for every waiting writer, asking every few
+    milliseconds (shared.db), to get its turn before the next chunk.
     """
 
     def __init__(self, ceiling: int, target_seconds: float | None):
@@ -250,7 +250,7 @@ class Pace:
         if rows >= self.size and seconds > 0:
             fitted = int(rows * self.target / seconds)
             self.size = max(1, min(self.ceiling, 2 * self.size, fitted))
-        return seconds / 2
+        return seconds / 10
 
 
 def sweep(
