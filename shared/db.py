@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import sqlite3
@@ -11,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -132,6 +132,45 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+class WriterQueue:
+    """SQLite's writers, one at a time, queued in the kernel instead of polling the file.
+
+    SQLite has no way to wait for its write lock but to sleep and ask again, and between
+    one writer's commit and the next one's question the lock sits idle. Writers that go
+    through :meth:`Database.transaction` first take their turn here: the threads of a
+    process on a lock, then the processes on an ``flock`` of a file beside the database,
+    which the kernel hands to the next waiter the moment it is let go (or its holder
+    dies). BEGIN IMMEDIATE then rarely waits; when it does (a writer outside this queue),
+    it polls as before.
+    """
+
+    def __init__(self, database_file: str | None):
+        self.path = (
+            f"{database_file}-writers" if database_file not in (None, "", ":memory:") else None
+        )
+        self._pid = 0
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if self._pid != os.getpid():  # first use, or a fork: locks are not shared across one
+            self._pid = os.getpid()
+            self._threads = threading.Lock()
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600) if self.path else None
+        if not self._threads.acquire(timeout=LOCK_TIMEOUT):
+            raise TimeoutError(f"no turn to write after {LOCK_TIMEOUT:.0f} s")
+        try:
+            if self._fd is None:
+                yield
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
 class Database:
     """An engine and its session factory, built once per process from settings."""
 
@@ -141,22 +180,15 @@ class Database:
         # For sessions that only read: on SQLite they do not queue for the write lock.
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.reader = sessionmaker(self.read_engine, expire_on_commit=False)
-        self._one_writer = url.startswith("sqlite")
-        self._writer_lock: tuple[int, threading.RLock] | None = None
+        sqlite_file = self.engine.url.database if url.startswith("sqlite") else None
+        self._writers = WriterQueue(sqlite_file) if url.startswith("sqlite") else None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on error."""
-        with self._writers_of_this_process(), self.sessionmaker() as session, session.begin():
+        turn = self._writers.turn() if self._writers is not None else nullcontext()
+        with turn, self.sessionmaker() as session, session.begin():
             yield session
-
-    def _writers_of_this_process(self) -> Any:
-        """On SQLite, this process's writers queue here rather than all polling the file."""
-        if not self._one_writer:
-            return nullcontext()
-        if self._writer_lock is None or self._writer_lock[0] != os.getpid():  # new, or forked
-            self._writer_lock = (os.getpid(), threading.RLock())
-        return self._writer_lock[1]
 
     def dispose(self) -> None:
         self.engine.dispose()
