@@ -751,8 +751,8 @@ def print_part2(runs: list[Part2Run], args: argparse.Namespace) -> None:
         f"p99 {fmt(median_percentile(api, 99, 1000))} ms"
     )
     print(
-        "  (the publisher hands the event to the broker before it answers, so a fast consumer "
-        "can record it before the client has read the 201: negative values are real; "
+        "  (a relay thread hands the event to the broker as the publisher answers, so a fast "
+        "consumer can record it before the client has read the 201: negative values are real; "
         "outbox row->ledger starts at the outbox row's created_at instead, on the server's clock)"
     )
     print(f"  CPU: {cpu_line([r.cpu for r in runs])}")
