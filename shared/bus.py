@@ -215,6 +215,8 @@ class BackgroundRelay:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything submitted so far has been relayed (or tried)."""
+        if self._owner_pid != os.getpid():  # nothing submitted here (a forked child's atexit)
+            return True
         with self._changed:
             return self._changed.wait_for(lambda: not self._wanted and not self._busy, timeout)
 

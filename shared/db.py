@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -145,30 +146,53 @@ class WriterQueue:
     """
 
     def __init__(self, database_file: str | None):
-        self.path = (
-            f"{database_file}-writers" if database_file not in (None, "", ":memory:") else None
-        )
-        self._pid = 0
+        in_memory = database_file in (None, "", ":memory:")
+        self.path = None if in_memory else f"{database_file}-writers"
+        # (the threads' lock, the open lock file): set once per process, read as one value
+        self._turnstile: tuple[threading.Lock, int | None] | None = None
+        self._setting_up = threading.Lock()
+        _QUEUES.add(self)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        if self._pid != os.getpid():  # first use, or a fork: locks are not shared across one
-            self._pid = os.getpid()
-            self._threads = threading.Lock()
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600) if self.path else None
-        if not self._threads.acquire(timeout=LOCK_TIMEOUT):
+        threads, fd = self._turnstile or self._set_up()
+        if not threads.acquire(timeout=LOCK_TIMEOUT):
             raise TimeoutError(f"no turn to write after {LOCK_TIMEOUT:.0f} s")
         try:
-            if self._fd is None:
-                yield
-                return
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            self._threads.release()
+            threads.release()
+
+    def _set_up(self) -> tuple[threading.Lock, int | None]:
+        with self._setting_up:
+            if self._turnstile is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600) if self.path else None
+                self._turnstile = (threading.Lock(), fd)
+            return self._turnstile
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's locks are not ours, nor is its open lock file."""
+        if self._turnstile is not None and self._turnstile[1] is not None:
+            os.close(self._turnstile[1])  # the parent's flock stays with the parent's copy
+        self._turnstile = None
+        self._setting_up = threading.Lock()
+
+
+_QUEUES: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Database:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import threading
 
 from sqlalchemy import func, select
@@ -10,12 +11,20 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.migrate import upgrade
 from shared.models import Article
+from tests.e2e.conftest import ROOT
+
+WRITER = (
+    "import sys; from tests.shared.test_db import write_articles; write_articles(*sys.argv[1:])"
+)
 
 
-def write_articles(url: str, prefix: str, count: int) -> None:
+def write_articles(url: str, prefix: str, count: int | str = 100) -> None:
+    count = int(count)
     db = Database(url)
+    start = threading.Barrier(4)  # all four ask for their first turn at once
     threads = [
-        threading.Thread(target=_write, args=(db, f"{prefix}-{t}", count // 4)) for t in range(4)
+        threading.Thread(target=_write, args=(db, f"{prefix}-{t}", count // 4, start))
+        for t in range(4)
     ]
     for thread in threads:
         thread.start()
@@ -23,7 +32,8 @@ def write_articles(url: str, prefix: str, count: int) -> None:
         thread.join()
 
 
-def _write(db: Database, prefix: str, count: int) -> None:
+def _write(db: Database, prefix: str, count: int, start: threading.Barrier) -> None:
+    start.wait()
     for n in range(count):
         with db.transaction() as session:
             session.add(Article(slug=f"{prefix}-{n}", title="t"))
@@ -33,14 +43,15 @@ def test_writers_in_several_processes_and_threads_all_commit(tmp_path):  # type:
     url = f"sqlite:///{tmp_path / 'busy.db'}"
     db = Database(url)
     upgrade(db.engine)
-    fork = multiprocessing.get_context("fork")
-    writers = [fork.Process(target=write_articles, args=(url, f"p{p}", 100)) for p in range(3)]
-    for writer in writers:
-        writer.start()
-    write_articles(url, "parent", 100)  # the parent's queue keeps working beside its children
-    for writer in writers:
-        writer.join(60)
-    assert [w.exitcode for w in writers] == [0, 0, 0]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, url, f"p{p}"], cwd=ROOT) for p in range(3)
+    ]
+    write_articles(url, "here", 100)  # this process writes beside the others
+    try:
+        assert [w.wait(60) for w in writers] == [0, 0, 0]
+    finally:
+        for writer in writers:
+            writer.kill()
     with db.reader() as session:
         assert session.scalar(select(func.count()).select_from(Article)) == 400
     db.dispose()

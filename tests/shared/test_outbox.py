@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
 import sys
 import threading
 from dataclasses import replace
@@ -16,6 +16,7 @@ from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
 from tests.brokers import queued
 from tests.conftest import free_port
+from tests.e2e.conftest import ROOT, process_env
 
 
 def new_article(session, title: str = "Story") -> Article:  # type: ignore[no-untyped-def]
@@ -117,23 +118,39 @@ def test_relay_after_commit_sends_what_many_writers_commit_once_each(database, s
     assert all(types == ["article.published", "article.archived"] for types in by_article.values())
 
 
+FORKED_RELAY = """
+import os, sys
+from shared.bus import BackgroundRelay, CelerySender, Relay
+from shared.celery import create_celery
+from shared.config import Settings
+from shared.db import Database
+
+settings = Settings.from_env()
+db = Database(settings.database_url)
+background = BackgroundRelay(Relay(db, CelerySender(create_celery(settings, "forked"))))
+background.submit([])  # the relay thread starts here, in the parent
+assert background.flush()
+db.dispose()
+pid = os.fork()
+if pid == 0:  # a worker forked after the app was loaded
+    background.submit([sys.argv[1]])
+    os._exit(0 if background.flush() else 1)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 def test_relay_after_commit_runs_again_in_a_forked_worker(database, settings, redis_url):
-    # gunicorn imports the app, then forks its workers: each needs a relay thread of its own.
-    background = BackgroundRelay(relay_for(database, settings))
-    background.submit([])  # the thread starts in this process
-    assert background.flush()
+    # gunicorn loads the app, then forks its workers: each needs a relay thread of its own.
+    # Forked from a fresh interpreter, not from this test process and its many threads.
     with database.transaction() as session:
         article = new_article(session)
         lifecycle.transition(session, article, S.PUBLISHED, actor="test")
-    database.dispose()  # connections are not shared across a fork
-
-    def in_child() -> None:
-        background.submit([article.id])
-        sys.exit(0 if background.flush() else 1)
-
-    child = multiprocessing.get_context("fork").Process(target=in_child)
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    forked = subprocess.run(
+        [sys.executable, "-c", FORKED_RELAY, article.id],
+        cwd=ROOT,
+        env=process_env(settings),
+        timeout=60,
+    )
+    assert forked.returncode == 0
     assert pending(database) == []
     assert [m["envelope"]["subject"] for m in queued(redis_url, "notifier")] == [article.id]
