@@ -138,11 +138,10 @@ class Relay:
         sent = 0
         while True:
             with self.db.transaction() as session:
-                done, failed, found = self._relay_rows(
-                    session, session.scalars(_next_pending(session, self.batch)).all()
-                )
+                rows = session.scalars(_next_pending(session, self.batch)).all()
+                done, failed = self._relay_rows(rows)
             sent += done
-            if failed or not found:
+            if failed or not rows:
                 return sent
 
     def _relay_articles(self, article_ids: Sequence[str]) -> int:
@@ -160,18 +159,18 @@ class Relay:
         with self.db.transaction() as session:
             if is_postgres(session):
                 query = query.with_for_update(of=OutboxEvent)
-            done, _, _ = self._relay_rows(session, session.scalars(query).all())
+            done, _ = self._relay_rows(session.scalars(query).all())
         return done
 
-    def _relay_rows(self, session: Session, rows: Sequence[OutboxEvent]) -> tuple[int, bool, int]:
-        """Send rows in order and mark those sent: (sent, whether one failed, rows given)."""
+    def _relay_rows(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
+        """Send rows in order and mark those sent: (how many were sent, whether one failed)."""
         done, failed = self._send(rows)
         now = utcnow()
         for row in rows[:done]:
             row.relayed_at = now
         if failed:
             rows[done].attempts += 1
-        return done, failed, len(rows)
+        return done, failed
 
     def _send(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
         if not rows:

@@ -99,10 +99,11 @@ LOCK_POLL = (0.0005, 0.004)
 def _begin_immediate(dbapi_connection: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE, asking again every few milliseconds until the lock is free.
 
-    SQLite's own busy handler backs off to 100 ms sleeps, so a writer that has waited a
-    little wakes up long after the lock was released, and under load the lock sits idle
-    between writers (it capped creations at ~130/s with a p99 over a second). The busy
-    timeout stays for every other statement; this attempt alone is made without it.
+    Writers queued by :class:`WriterQueue` rarely wait here; this is for the rest (a writer
+    that opened its own session, another program on the file). SQLite's own busy handler
+    backs off to 100 ms sleeps, so a writer that had waited a little woke up long after
+    the lock was free. The busy timeout stays for every other statement; this attempt
+    alone is made without it.
     """
     deadline = time.monotonic() + LOCK_TIMEOUT
     delay = LOCK_POLL[0]
@@ -204,8 +205,8 @@ class Database:
         # For sessions that only read: on SQLite they do not queue for the write lock.
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.reader = sessionmaker(self.read_engine, expire_on_commit=False)
-        sqlite_file = self.engine.url.database if url.startswith("sqlite") else None
-        self._writers = WriterQueue(sqlite_file) if url.startswith("sqlite") else None
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._writers = WriterQueue(self.engine.url.database) if sqlite else None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -80,12 +80,12 @@ def archive_chunk(session: Session, settings: Settings, now: datetime, limit: in
         .order_by(Article.published_at)
         .limit(limit)
     )
-    if is_postgres(session):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         picked = picked.with_for_update(skip_locked=True)
     ids = session.scalars(picked).all()
     if not ids:
         return 0
-    dialect = session.get_bind().dialect.name
     in_chunk = Article.id.in_(_members(dialect, list(ids)))
     session.execute(
         # By primary key alone: the rows were picked in this transaction and are ours (the
@@ -234,8 +234,8 @@ class Pace:
     chunks are sized to last about ``target`` seconds (ARCHIVE_SWEEP_CHUNK_MS), like
     pt-archiver's ``--chunk-time``: the size follows the measured rate, at most doubling
     per step, never above ``ceiling``. After each one the sweep steps aside for a tenth of
-    the time it held the lock: long enough for every waiting writer, asking every few
-    milliseconds (shared.db), to get its turn before the next chunk.
+    the time it held the lock, so the writers queued behind it (shared.db.WriterQueue)
+    get their turn before its next chunk.
     """
 
     def __init__(self, ceiling: int, target_seconds: float | None):
