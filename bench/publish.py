@@ -5,9 +5,10 @@
 2. End to end: articles published at a paced rate (50/s); latency from the client receiving
    the API's 201 to the event's row in each consumer's ledger (``consumed_events``).
 3. Drain: 20,000 events queued while no worker runs, then the real workers drain them;
-   events/s per consumer against Celery's own floor here (a no-op task app built with
-   ``shared.celery.create_celery``, drained by 1 and by 2 worker processes, once set up as
-   ``pressroom worker`` runs and once bare: no task events, WARNING logs).
+   events/s per consumer (up to 100 events a message) against Celery's own floor here, one
+   event per task (a no-op task app built with ``shared.celery.create_celery``, drained by 1
+   and by 2 worker processes, once set up as ``pressroom worker`` runs and once bare: no task
+   events, WARNING logs).
 
 Parts 1 and 2 run against ``python -m services.cli up`` (gunicorn, both workers, beat,
 embedded Redis) on a free port and a fresh VAR_DIR; part 3 starts the embedded Redis and the
@@ -84,7 +85,7 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import make_url
 
 from shared import events
-from shared.bus import CONSUMERS, ROUTES, CelerySender, Relay
+from shared.bus import CONSUMERS, MESSAGE_EVENTS, ROUTES, CelerySender, Relay
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database, make_engine, new_id, utcnow
@@ -1145,8 +1146,8 @@ def print_part3(runs: list[Part3Run], args: argparse.Namespace) -> None:
     print(
         f"  enqueue: bulk insert {fmt(median([args.events / r.insert_s for r in runs]), 0)} "
         f"articles/s; Relay (shared.bus) {fmt(median([args.events / r.relay_s for r in runs]), 0)}"
-        f" events/s ({len(CONSUMERS)} messages each); no-op send_task "
-        f"{fmt(median([r.send_rate for r in runs]), 0)}/s (recipe: ~1,800/s)"
+        f" events/s (to {len(CONSUMERS)} queues, {MESSAGE_EVENTS} events a message); "
+        f"no-op send_task {fmt(median([r.send_rate for r in runs]), 0)}/s (recipe: ~1,800/s)"
     )
 
 

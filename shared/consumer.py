@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from marshmallow import ValidationError
@@ -39,49 +39,91 @@ class Consumer:
         self.db = db
         self.handlers = handlers
 
+    def consume_message(self, message: object) -> list[str]:
+        """Handle what one broker message carried: a list of envelopes, oldest first (or a
+        lone envelope, as messages sent before batching held); returns what became of each."""
+        return self.consume_many(message if isinstance(message, list) else [message])
+
+    def consume_many(self, raws: Sequence[object]) -> list[str]:
+        """Handle envelopes in order, in one transaction with their ledger rows.
+
+        If one of them needs a transaction of its own (a permanent failure to dead-letter,
+        or a concurrent delivery that got to the ledger first), the batch's work is rolled
+        back and each envelope is handled alone, so the others are not held up by it.
+        """
+        outcomes: list[str | None] = [None] * len(raws)
+        parsed: list[tuple[int, dict[str, Any]]] = []
+        for index, raw in enumerate(raws):
+            try:
+                parsed.append((index, parse_envelope(raw)))
+            except ValidationError as exc:
+                outcomes[index] = self.dead_letter(raw, f"envelope does not parse: {exc.messages}")
+        if len(parsed) > 1:
+            try:
+                with self.db.transaction() as session:
+                    seen = self._seen(session, [event["id"] for _, event in parsed])
+                    for index, event in parsed:
+                        outcomes[index] = self._handle(session, event, seen)
+            except (IntegrityError, PermanentError):
+                outcomes = [o if o == DEAD else None for o in outcomes]
+            else:
+                for index, event in parsed:
+                    self._log(event, outcomes[index])
+        for index, event in parsed:
+            if outcomes[index] is None:
+                outcomes[index] = self._consume_one(raws[index], event)
+        return [o for o in outcomes if o is not None]
+
     def consume(self, raw: object) -> str:
         """Handle one delivered envelope; returns what became of it."""
-        try:
-            event = parse_envelope(raw)
-        except ValidationError as exc:
-            return self.dead_letter(raw, f"envelope does not parse: {exc.messages}")
+        [outcome] = self.consume_many([raw])
+        return outcome
+
+    def _consume_one(self, raw: object, event: dict[str, Any]) -> str:
         try:
             with self.db.transaction() as session:
-                if self._seen(session, event["id"]):
-                    log.info("%s skipped duplicate %s %s", self.name, event["type"], event["id"])
-                    return DUPLICATE
-                handler = self.handlers.get(event["type"])
-                if handler is not None:
-                    handler(session, event)
-                session.add(
-                    ConsumedEvent(
-                        event_id=event["id"],
-                        consumer=self.name,
-                        event_type=event["type"],
-                        article_id=event["data"]["article_id"],
-                    )
-                )
+                outcome = self._handle(session, event, self._seen(session, [event["id"]]))
         except IntegrityError:
             # Another delivery of the same event committed first: its effect stands.
             return DUPLICATE
         except PermanentError as exc:
             return self.dead_letter(raw, str(exc), event["id"])
-        log.info(
-            "%s consumed %s %s for article %s",
-            self.name,
-            event["type"],
-            event["id"],
-            event["data"]["article_id"],
+        self._log(event, outcome)
+        return outcome
+
+    def _handle(self, session: Session, event: dict[str, Any], seen: set[str]) -> str:
+        if event["id"] in seen:
+            return DUPLICATE
+        seen.add(event["id"])  # the same event twice in one batch
+        handler = self.handlers.get(event["type"])
+        if handler is not None:
+            handler(session, event)
+        session.add(
+            ConsumedEvent(
+                event_id=event["id"],
+                consumer=self.name,
+                event_type=event["type"],
+                article_id=event["data"]["article_id"],
+            )
         )
         return CONSUMED
 
-    def _seen(self, session: Session, event_id: str) -> bool:
-        found = session.scalar(
+    def _log(self, event: dict[str, Any], outcome: str | None) -> None:
+        if outcome == DUPLICATE:
+            log.info("%s skipped duplicate %s %s", self.name, event["type"], event["id"])
+        else:
+            article = event["data"]["article_id"]
+            log.info(
+                "%s consumed %s %s for article %s", self.name, event["type"], event["id"], article
+            )
+
+    def _seen(self, session: Session, event_ids: list[str]) -> set[str]:
+        found = session.scalars(
             select(ConsumedEvent.event_id).where(
-                ConsumedEvent.event_id == event_id, ConsumedEvent.consumer == self.name
+                ConsumedEvent.consumer == self.name, ConsumedEvent.event_id.in_(event_ids)
             )
         )
-        return found is not None
+        return set(found)
 
     def dead_letter(self, raw: object, reason: str, event_id: str | None = None) -> str:
         if event_id is None and isinstance(raw, dict) and isinstance(raw.get("id"), str):

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from sqlalchemy import exists, func, select
 
-from shared.bus import CONSUMERS, ROUTES, CelerySender
+from shared.bus import CONSUMERS, ROUTES, CelerySender, send_in_messages
 from shared.db import Database, utcnow
 from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
 
@@ -45,13 +45,14 @@ class Snapshot:
 
 
 def _message_time(raw: bytes) -> datetime | None:
-    """When the event in a queued Celery message was written (None for other tasks)."""
+    """When the oldest event in a queued Celery message was written (None for other tasks)."""
     try:
         message = json.loads(raw)
         body = message["body"]
         if message["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        envelope = json.loads(body)[0][0]
+        carried = json.loads(body)[0][0]  # the list of envelopes, the oldest first
+        envelope = carried[0] if isinstance(carried, list) else carried
         return datetime.fromisoformat(envelope["time"])
     except (ValueError, KeyError, IndexError, TypeError):
         return None
@@ -118,9 +119,12 @@ def replay_dead_letters(
     with db.transaction() as session:
         letters = list(session.scalars(query))
         with sender.open() as send:
-            for letter in letters:
-                send(letter.consumer, json.loads(letter.payload))
-                letter.replayed_at = utcnow()
+            for queue in sorted({letter.consumer for letter in letters}):
+                mine = [letter for letter in letters if letter.consumer == queue]
+                send_in_messages(send, queue, (json.loads(letter.payload) for letter in mine))
+        now = utcnow()
+        for letter in letters:
+            letter.replayed_at = now
     return len(letters)
 
 
@@ -148,9 +152,7 @@ def replay_events(
             )
             .order_by(OutboxEvent.position)
         )
-        sent[queue] = 0
         with db.reader() as session, sender.open() as send:
-            for envelope in session.scalars(query.execution_options(yield_per=1000)):
-                send(queue, envelope)
-                sent[queue] += 1
+            envelopes = session.scalars(query.execution_options(yield_per=1000))
+            sent[queue] = send_in_messages(send, queue, envelopes)
     return sent

@@ -10,7 +10,7 @@ import redis
 
 
 def queued(redis_url: str, queue: str) -> list[dict[str, Any]]:
-    """The task messages waiting in ``queue``, oldest first: name and first argument."""
+    """The envelopes waiting in ``queue``, oldest first, each with the task that carries it."""
     client = redis.Redis.from_url(redis_url)
     try:
         raw = client.lrange(queue, 0, -1)
@@ -22,6 +22,15 @@ def queued(redis_url: str, queue: str) -> list[dict[str, Any]]:
         body = message["body"]
         if message["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        messages.append({"task": message["headers"]["task"], "envelope": args[0]})
+        [carried] = json.loads(body)[0]  # one argument: the list of envelopes
+        for envelope in carried:
+            messages.append({"task": message["headers"]["task"], "envelope": envelope})
     return messages
+
+
+def message_count(redis_url: str, queue: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.llen(queue))
+    finally:
+        client.close()

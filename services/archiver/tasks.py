@@ -21,8 +21,8 @@ def register(app: Celery, runtime: Runtime) -> None:
         return Relay(runtime.db, CelerySender(app))
 
     @app.task(name=consumer_task(ARCHIVER), **CONSUMER_TASK_OPTIONS)
-    def consume(envelope: dict) -> str:
-        return Consumer(ARCHIVER, runtime.db, HANDLERS).consume(envelope)
+    def consume(envelopes: list[dict] | dict) -> list[str]:
+        return Consumer(ARCHIVER, runtime.db, HANDLERS).consume_message(envelopes)
 
     @app.task(name="archiver.archive_sweep", acks_late=True, ignore_result=True)
     def archive_sweep() -> int:

@@ -13,5 +13,5 @@ from shared.runtime import Runtime
 
 def register(app: Celery, runtime: Runtime) -> None:
     @app.task(name=consumer_task(NOTIFIER), **CONSUMER_TASK_OPTIONS)
-    def consume(envelope: dict) -> str:
-        return Consumer(NOTIFIER, runtime.db, HANDLERS).consume(envelope)
+    def consume(envelopes: list[dict] | dict) -> list[str]:
+        return Consumer(NOTIFIER, runtime.db, HANDLERS).consume_message(envelopes)

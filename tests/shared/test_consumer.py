@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from shared import consumer
 from shared.consumer import Consumer
+from shared.errors import PermanentError
 from shared.events import make_envelope
 from shared.models import ConsumedEvent, DeadLetter
 
@@ -73,3 +74,43 @@ def test_an_envelope_that_does_not_parse_goes_to_the_dead_letters(database):
 def test_a_message_that_is_not_an_object_is_dead_lettered_too(database):
     assert Consumer("archiver", database, {}).consume("garbage") == consumer.DEAD
     assert dead_letters(database)[0].payload == '"garbage"'
+
+
+def test_a_message_of_many_events_is_handled_in_order_each_once(database):
+    handled: list[str] = []
+    worker = Consumer(
+        "archiver", database, {"article.published": lambda s, e: handled.append(e["id"])}
+    )
+    first, second, third = envelope(), envelope(), envelope()
+    assert worker.consume(first) == consumer.CONSUMED
+    outcomes = worker.consume_message([first, second, third, second])
+    assert outcomes == [
+        consumer.DUPLICATE,
+        consumer.CONSUMED,
+        consumer.CONSUMED,
+        consumer.DUPLICATE,
+    ]
+    assert handled == [first["id"], second["id"], third["id"]]
+    assert sorted(ledger(database)) == sorted((e["id"], "archiver") for e in (first, second, third))
+
+
+def test_a_lone_envelope_as_older_messages_carried_it_is_still_handled(database):
+    event = envelope()
+    assert Consumer("notifier", database, {}).consume_message(event) == [consumer.CONSUMED]
+    assert ledger(database) == [(event["id"], "notifier")]
+
+
+def test_one_bad_event_in_a_message_does_not_hold_up_the_others(database):
+    def refuse_second(session, event):  # type: ignore[no-untyped-def]
+        if event["data"]["title"] == "bad":
+            raise PermanentError("cannot handle this one")
+
+    good, bad, garbage, last = envelope(), envelope(), "garbage", envelope()
+    bad["data"]["title"] = "bad"
+    worker = Consumer("archiver", database, {"article.published": refuse_second})
+    outcomes = worker.consume_message([good, bad, garbage, last])
+    assert outcomes == [consumer.CONSUMED, consumer.DEAD, consumer.DEAD, consumer.CONSUMED]
+    assert sorted(ledger(database)) == sorted([(good["id"], "archiver"), (last["id"], "archiver")])
+    reasons = sorted(letter.reason for letter in dead_letters(database))
+    assert reasons[0] == "cannot handle this one"
+    assert reasons[1].startswith("envelope does not parse")

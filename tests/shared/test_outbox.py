@@ -10,11 +10,11 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from shared import lifecycle
-from shared.bus import BackgroundRelay, CelerySender, Relay
+from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay
 from shared.celery import create_celery
 from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
-from tests.brokers import queued
+from tests.brokers import message_count, queued
 from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, process_env
 
@@ -120,7 +120,7 @@ def test_relay_after_commit_sends_what_many_writers_commit_once_each(database, s
 
 FORKED_RELAY = """
 import os, sys
-from shared.bus import BackgroundRelay, CelerySender, Relay
+from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -154,3 +154,15 @@ def test_relay_after_commit_runs_again_in_a_forked_worker(database, settings, re
     assert forked.returncode == 0
     assert pending(database) == []
     assert [m["envelope"]["subject"] for m in queued(redis_url, "notifier")] == [article.id]
+
+
+def test_a_backlog_goes_out_in_few_messages_of_many_events(database, settings, redis_url):
+    with database.transaction() as session:
+        for n in range(2 * MESSAGE_EVENTS + 50):
+            article = new_article(session, f"Story {n}")
+            lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+    assert relay_for(database, settings).relay() == 2 * MESSAGE_EVENTS + 50
+    for queue in ("archiver", "notifier"):
+        assert message_count(redis_url, queue) == 3
+        titles = [m["envelope"]["data"]["title"] for m in queued(redis_url, queue)]
+        assert titles == [f"Story {n}" for n in range(2 * MESSAGE_EVENTS + 50)]

@@ -86,7 +86,7 @@ def _replay(session: Session, key: str) -> Response | None:
 class Articles(MethodView):
     decorators = editor_only
 
-    @blp.arguments(ArticleQueryArgsSchema, location="query")
+    @blp.arguments(ArticleQueryArgsSchema(), location="query")
     @blp.response(200, ArticlePageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List articles, newest first, filtered by status, section, tag or text."""
@@ -97,7 +97,7 @@ class Articles(MethodView):
                 fail(422, "The cursor is not valid.", details={"cursor": ["invalid"]})
         return {"items": items, "next_cursor": cursor}
 
-    @blp.arguments(ArticleCreateSchema)
+    @blp.arguments(ArticleCreateSchema())
     @blp.response(201, ArticleSchema)
     @blp.alt_response(409, description="Slug taken, or Idempotency-Key reused with another body")
     def post(self, data: dict[str, Any]) -> Any:
@@ -135,7 +135,7 @@ class ArticleById(MethodView):
             article = load_article(session, article_id)
         return article, 200, _etag(article)
 
-    @blp.arguments(ArticleUpdateSchema, required=False)
+    @blp.arguments(ArticleUpdateSchema(), required=False)
     @blp.response(200, ArticleSchema)
     @blp.alt_response(412, description="If-Match names a version that is no longer current")
     def patch(self, data: dict[str, Any], article_id: str) -> Any:
@@ -153,7 +153,7 @@ def _action_view(action: str) -> type[MethodView]:
     class ActionView(MethodView):
         decorators = editor_only
 
-        @blp.arguments(ActionSchema, required=False)
+        @blp.arguments(ActionSchema(), required=False)
         @blp.response(200, ArticleSchema)
         def post(self, data: dict[str, Any], article_id: str) -> Any:
             with state().db.transaction() as session:
