@@ -10,13 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, and_, exists, select
+from sqlalchemy import Select, and_, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from shared import events
-from shared.db import Database, is_postgres, utcnow
+from shared.db import Database, utcnow
 from shared.models import OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -121,40 +122,50 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> OutboxEvent
     return row
 
 
-def _next_pending(session: Session, limit: int) -> Select[OutboxEvent]:
-    """The oldest unrelayed event of each article: later ones wait, so order is kept."""
+def _next_pending(limit: int, settled: timedelta) -> Select[OutboxEvent]:
+    """The oldest unrelayed event of each article: later ones wait, so order is kept.
+
+    Only events written at least ``settled`` ago: younger ones are still the business of
+    the relay thread of the process that wrote them.
+    """
     earlier = aliased(OutboxEvent)
-    query = (
-        select(OutboxEvent)
-        .where(OutboxEvent.relayed_at.is_(None))
-        .where(
-            ~exists().where(
-                and_(
-                    earlier.article_id == OutboxEvent.article_id,
-                    earlier.relayed_at.is_(None),
-                    earlier.position < OutboxEvent.position,
-                )
+    query = select(OutboxEvent).where(
+        OutboxEvent.relayed_at.is_(None),
+        ~exists().where(
+            and_(
+                earlier.article_id == OutboxEvent.article_id,
+                earlier.relayed_at.is_(None),
+                earlier.position < OutboxEvent.position,
             )
-        )
-        .order_by(OutboxEvent.position)
-        .limit(limit)
+        ),
     )
-    if is_postgres(session):
-        # Relays in other processes skip what this one holds instead of sending it twice.
-        query = query.with_for_update(skip_locked=True, of=OutboxEvent)
-    return query
+    if settled:
+        query = query.where(OutboxEvent.created_at <= utcnow() - settled)
+    return query.order_by(OutboxEvent.position).limit(limit)
 
 
 class Relay:
-    """Publishes outbox rows to their queues, oldest first, each article's events in order."""
+    """Publishes outbox rows to their queues, oldest first, each article's events in order.
+
+    On PostgreSQL a relay locks the rows it sends until it has marked them, so concurrent
+    relays never send a row twice. SQLite has one write lock for the whole file: a relay
+    there reads, sends, then marks in a short transaction of its own, never holding the lock
+    across a broker call (a broker that is down would stall every writer for its connect
+    timeout). Two relays that meet there may both send an event; the consumers' ledgers
+    skip the second.
+    """
 
     def __init__(self, db: Database, sender: Sender, batch: int = 500):
         self.db = db
         self.sender = sender
         self.batch = batch
+        self.locks_rows = db.engine.dialect.name == "postgresql"
 
-    def relay(self, article_ids: Iterable[str] | None = None) -> int:
-        """Relay what is pending (for these articles, or all); returns how many were sent.
+    def relay(
+        self, article_ids: Iterable[str] | None = None, *, settled: timedelta = timedelta(0)
+    ) -> int:
+        """Relay what is pending (for these articles, or all written ``settled`` ago or
+        earlier); returns how many were sent.
 
         Stops quietly at the first broker failure: what was not sent stays in the outbox for
         the next sweep.
@@ -163,40 +174,44 @@ class Relay:
             return self._relay_articles(sorted(set(article_ids)))
         sent = 0
         while True:
-            with self.db.transaction() as session:
-                rows = session.scalars(_next_pending(session, self.batch)).all()
-                done, failed = self._relay_rows(rows)
+            done, failed, fetched = self._relay(
+                _next_pending(self.batch, settled), skip_locked=True
+            )
             sent += done
-            if failed or not rows:
+            if failed or not fetched:
                 return sent
 
     def _relay_articles(self, article_ids: Sequence[str]) -> int:
-        """Right after a commit: every pending event of these articles, in one transaction.
+        """Right after a commit: every pending event of these articles, oldest first.
 
-        All of an article's pending events go, oldest first, so order holds without the
-        sweep's head-of-line query. On PostgreSQL the rows are locked without skipping, so a
-        relay that holds an older event of the same article is waited for, not overtaken.
+        All of an article's pending events go together, so order holds without the sweep's
+        head-of-line query. On PostgreSQL the rows are locked without skipping, so a relay
+        that holds an older event of the same article is waited for, not overtaken.
         """
         query = (
             select(OutboxEvent)
             .where(OutboxEvent.relayed_at.is_(None), OutboxEvent.article_id.in_(article_ids))
             .order_by(OutboxEvent.position)
         )
-        with self.db.transaction() as session:
-            if is_postgres(session):
-                query = query.with_for_update(of=OutboxEvent)
-            done, _ = self._relay_rows(session.scalars(query).all())
+        done, _, _ = self._relay(query, skip_locked=False)
         return done
 
-    def _relay_rows(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
-        """Send rows in order and mark those sent: (how many were sent, whether one failed)."""
+    def _relay(self, query: Select[OutboxEvent], skip_locked: bool) -> tuple[int, bool, int]:
+        """Send the rows the query finds and mark them: (sent, whether one failed, found)."""
+        if self.locks_rows:
+            with self.db.transaction() as session:
+                locked = query.with_for_update(of=OutboxEvent, skip_locked=skip_locked)
+                rows = session.scalars(locked).all()
+                done, failed = self._send(rows)
+                _mark(session, rows, done, failed)
+            return done, failed, len(rows)
+        with self.db.reader() as session:
+            rows = session.scalars(query).all()
         done, failed = self._send(rows)
-        now = utcnow()
-        for row in rows[:done]:
-            row.relayed_at = now
-        if failed:
-            rows[done].attempts += 1
-        return done, failed
+        if rows:
+            with self.db.transaction() as session:
+                _mark(session, rows, done, failed)
+        return done, failed, len(rows)
 
     def _send(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
         """Each run of ``MESSAGE_EVENTS`` rows goes as one message to each queue routed.
@@ -220,6 +235,28 @@ class Relay:
             return done, True
         return done, False
 
+
+def _mark(session: Session, rows: Sequence[OutboxEvent], done: int, failed: bool) -> None:
+    """The first ``done`` rows were sent; after a failure the next one counts an attempt."""
+    sent = [row.position for row in rows[:done]]
+    if sent:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.position.in_(sent), OutboxEvent.relayed_at.is_(None))
+            .values(relayed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    if failed:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.position == rows[done].position)
+            .values(attempts=OutboxEvent.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+# The periodic sweep leaves events younger than this to the relay thread of their process.
+SWEEP_SETTLED = timedelta(seconds=2)
 
 # How long the relay thread waits after the first article of a batch for others to join.
 RELAY_LINGER_S = 0.005

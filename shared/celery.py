@@ -15,6 +15,7 @@ from shared.errors import TransientError
 # limit stays well under it, so a running task is never handed to a second worker.
 VISIBILITY_TIMEOUT_S = 3600
 TASK_TIME_LIMIT_S = 600
+BROKER_SOCKET_TIMEOUT_S = 5
 
 # How every event consumer task is declared: acknowledged after it ran, transient failures
 # retried with a growing delay (capped well under a minute), then left to the dead letters.
@@ -40,7 +41,12 @@ def create_celery(settings: Settings, name: str) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=TASK_TIME_LIMIT_S,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # A broker that takes the connection and then hangs fails a send after this
+            # long instead of holding the relay forever (above the 1 s BRPOP poll).
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         worker_hijack_root_logger=False,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from dataclasses import dataclass
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,6 +21,8 @@ GRANTS: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin", "editor", "ops"}),
 }
 PREFIX = "prt_"
+# How long a token the database accepted is trusted without asking it again.
+TOKEN_CACHE_S = 5.0
 
 
 def hash_token(token: str) -> str:
@@ -32,9 +37,39 @@ def create_token(session: Session, role: str, name: str | None = None) -> str:
     return token
 
 
-def find_token(session: Session, token: str) -> ApiToken | None:
+def find_token(session: Session, digest: str) -> ApiToken | None:
+    """The live token with this hash (see :func:`hash_token`), if any."""
     return session.scalar(
-        select(ApiToken).where(
-            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
-        )
+        select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     )
+
+
+@dataclass(frozen=True)
+class Caller:
+    token_id: str
+    name: str
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+class KnownTokens:
+    """Tokens found valid lately, by hash: the lookup was a sixth of an article creation.
+
+    Only a token the database accepted is remembered, and only for ``ttl`` seconds: a token
+    revoked in the database stops working within that time; a new one works at once.
+    """
+
+    def __init__(self, ttl: float = TOKEN_CACHE_S, size: int = 1024):
+        self._cache: TTLCache[str, Caller] = TTLCache(maxsize=size, ttl=ttl)
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe
+
+    def get(self, digest: str) -> Caller | None:
+        with self._lock:
+            return self._cache.get(digest)
+
+    def put(self, digest: str, caller: Caller) -> None:
+        with self._lock:
+            self._cache[digest] = caller

@@ -10,7 +10,7 @@ from celery import Celery
 from services.archiver import archiving
 from services.archiver.handlers import HANDLERS
 from shared import lifecycle
-from shared.bus import ARCHIVER, CelerySender, Relay, consumer_task
+from shared.bus import ARCHIVER, SWEEP_SETTLED, CelerySender, Relay, consumer_task
 from shared.celery import CONSUMER_TASK_OPTIONS
 from shared.consumer import Consumer
 from shared.runtime import Runtime
@@ -33,7 +33,7 @@ def register(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name="pressroom.outbox_sweep", acks_late=True, ignore_result=True)
     def outbox_sweep() -> int:
-        return relay().relay()
+        return relay().relay(settled=SWEEP_SETTLED)
 
     @app.task(name="pressroom.publish_due", acks_late=True, ignore_result=True)
     def publish_due() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -11,20 +10,9 @@ from flask import g, request
 
 from services.publisher.errors import fail
 from services.publisher.state import state
-from shared.tokens import GRANTS, find_token
+from shared.tokens import GRANTS, Caller, find_token, hash_token
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Caller:
-    token_id: str
-    name: str
-    role: str
-
-    @property
-    def actor(self) -> str:
-        return f"{self.role}:{self.name}"
 
 
 def current_caller() -> Caller:
@@ -37,13 +25,20 @@ def _authenticate() -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         fail(401, "A bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+    digest = hash_token(token.strip())
+    known = state().known_tokens
+    caller = known.get(digest)
+    if caller is not None:
+        return caller
     with state().db.reader() as session:
-        found = find_token(session, token.strip())
+        found = find_token(session, digest)
     if found is None:
         fail(
             401, message="The token is invalid or revoked.", headers={"WWW-Authenticate": "Bearer"}
         )
-    return Caller(token_id=found.id, name=found.name, role=found.role)
+    caller = Caller(token_id=found.id, name=found.name, role=found.role)
+    known.put(digest, caller)
+    return caller
 
 
 def require_role(role: str) -> Callable[[F], F]:

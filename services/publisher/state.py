@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -10,6 +10,7 @@ from flask import current_app
 from shared.bus import BackgroundRelay
 from shared.config import Settings
 from shared.db import Database
+from shared.tokens import KnownTokens
 
 
 @dataclass
@@ -18,6 +19,7 @@ class PublisherState:
     db: Database
     relay: BackgroundRelay
     celery: Any
+    known_tokens: KnownTokens = field(default_factory=KnownTokens)
 
 
 def state() -> PublisherState:

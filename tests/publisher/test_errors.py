@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+from sqlalchemy import update
 
 from services.publisher import create_app
-from shared.db import Database
+from shared.db import Database, utcnow
+from shared.models import ApiToken
+from shared.tokens import KnownTokens
 from tests.publisher.helpers import article, row_counts
 
 
@@ -74,6 +78,15 @@ def test_missing_token_is_401(client, unchanged):
 def test_invalid_token_is_401(client, unchanged):
     response = client.get("/api/v1/articles", headers={"Authorization": "Bearer nope"})
     assert_error(response, 401)
+
+
+def test_a_revoked_token_stops_working_within_the_cache_time(app, client, editor, database):
+    app.extensions["pressroom"].known_tokens = KnownTokens(ttl=0.3)
+    assert client.get("/api/v1/articles", headers=editor).status_code == 200
+    with database.transaction() as session:
+        session.execute(update(ApiToken).values(revoked_at=utcnow()))
+    time.sleep(0.4)
+    assert_error(client.get("/api/v1/articles", headers=editor), 401)
 
 
 def test_wrong_role_is_403(client, ops_token, unchanged):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import select
 
 from shared import lifecycle
-from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay
+from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
 from shared.celery import create_celery
 from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
@@ -66,7 +69,7 @@ def test_broker_down_leaves_events_pending_for_the_next_sweep(database, settings
     assert [m["envelope"]["id"] for m in queued(redis_url, "archiver")] == [waiting.event_id]
 
 
-def test_concurrent_relays_send_each_event_once_and_in_order(database, settings, redis_url):
+def test_concurrent_relays_send_every_event_in_order(database, settings, redis_url):
     with database.transaction() as session:
         for n in range(30):
             article = new_article(session, f"Story {n}")
@@ -81,11 +84,16 @@ def test_concurrent_relays_send_each_event_once_and_in_order(database, settings,
     for t in threads:
         t.join(60)
     messages = [m["envelope"] for m in queued(redis_url, "archiver")]
-    assert len(messages) == 90
     assert len({m["id"] for m in messages}) == 90
+    if database.engine.dialect.name == "postgresql":
+        assert len(messages) == 90  # rows locked while sent: none goes twice
+    # On SQLite a relay does not hold the write lock while it sends, so two relays may both
+    # send an event; the consumers' ledgers skip the second. Order per article holds.
     by_article: dict[str, list[str]] = {}
     for m in messages:
-        by_article.setdefault(m["subject"], []).append(m["type"])
+        types = by_article.setdefault(m["subject"], [])
+        if m["type"] not in types:
+            types.append(m["type"])
     assert all(
         types == ["article.published", "article.archived", "article.unarchived"]
         for types in by_article.values()
@@ -120,7 +128,7 @@ def test_relay_after_commit_sends_what_many_writers_commit_once_each(database, s
 
 FORKED_RELAY = """
 import os, sys
-from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay
+from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -166,3 +174,36 @@ def test_a_backlog_goes_out_in_few_messages_of_many_events(database, settings, r
         assert message_count(redis_url, queue) == 3
         titles = [m["envelope"]["data"]["title"] for m in queued(redis_url, queue)]
         assert titles == [f"Story {n}" for n in range(2 * MESSAGE_EVENTS + 50)]
+
+
+class StalledBroker:
+    """A sender whose broker takes a connection and then says nothing until released."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    @contextmanager
+    def open(self) -> Iterator[Send]:
+        def send(queue: str, envelopes: list[dict[str, Any]]) -> None:
+            self.reached.set()
+            assert self.release.wait(30)
+
+        yield send
+
+
+def test_a_stalled_broker_holds_up_no_writer(database):
+    with database.transaction() as session:
+        article = new_article(session)
+        lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+    broker = StalledBroker()
+    relaying = threading.Thread(target=Relay(database, broker).relay, args=([article.id],))
+    relaying.start()
+    assert broker.reached.wait(10)
+    with database.transaction() as session:  # an editor's write while the relay waits
+        other = new_article(session, "Other")
+        lifecycle.transition(session, other, S.PUBLISHED, actor="test")
+    assert relaying.is_alive(), "the write had to wait for the broker"
+    broker.release.set()
+    relaying.join(30)
+    assert [row.article_id for row in pending(database)] == [other.id]  # left to its relay
