@@ -98,7 +98,8 @@ def announce(
     reason: str | None = None,
     origin: str = "api",
 ) -> None:
-    session.flush()  # the article needs its id and final column values in the snapshot
+    if article.id is None or article.version is None:
+        session.flush()  # column defaults fill these in at flush; the snapshot needs them
     bus.emit(session, event_type, {**article.snapshot(), "reason": reason, "origin": origin})
 
 
