@@ -66,6 +66,7 @@ class Settings:
     archive_sweep_seconds: int = 600
     archive_sweep_chunk: int = 2000
     archive_sweep_chunk_ms: int = 100
+    archive_sweep_workers: int = 2
     outbox_sweep_seconds: int = 5
     schedule_sweep_seconds: int = 5
     webhook_allow_private: bool = False
@@ -117,6 +118,7 @@ class Settings:
             archive_sweep_seconds=_int(env, "ARCHIVE_SWEEP_SECONDS", 600),
             archive_sweep_chunk=_int(env, "ARCHIVE_SWEEP_CHUNK", 2000),
             archive_sweep_chunk_ms=_int(env, "ARCHIVE_SWEEP_CHUNK_MS", 100),
+            archive_sweep_workers=_int(env, "ARCHIVE_SWEEP_WORKERS", 2),
             outbox_sweep_seconds=_int(env, "OUTBOX_SWEEP_SECONDS", 5),
             schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),
             webhook_allow_private=_bool(env.get("WEBHOOK_ALLOW_PRIVATE")),

@@ -143,7 +143,8 @@ def test_unarchived_story_is_not_archived_again_by_the_next_sweep(client, editor
 
 
 def test_sweeps_running_at_once_archive_each_story_once(client, editor, database, policy):
-    small_chunks = replace(policy, archive_sweep_chunk=7)
+    # three sweeps, each of three workers on PostgreSQL: nine at once over 60 stories
+    small_chunks = replace(policy, archive_sweep_chunk=7, archive_sweep_workers=3)
     for n in range(60):
         publish(client, editor, f"old {n}", 40 + n, section="news")
     counts: list[int] = []
