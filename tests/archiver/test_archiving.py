@@ -104,7 +104,9 @@ def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, dat
         tags=["a", "b"], authors=["Desk", "Ana"], summary="line one\nline two",
     )  # fmt: skip
     publish(client, editor, "no section", 200, section=None, tags=[], authors=[])
+    before = datetime.now(UTC)
     assert sweep(database, policy) == 2
+    after = datetime.now(UTC)
 
     with database.sessionmaker() as session:
         rows = session.scalars(select(OutboxEvent).where(OutboxEvent.type == ARCHIVED)).all()
@@ -114,7 +116,10 @@ def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, dat
             expected = make_envelope(ARCHIVED, event_data(stored, reason="aged", origin="sweep"))
             swept = parse_envelope(row.envelope)
             assert swept["id"] == row.event_id
-            assert uuid.UUID(row.event_id).version == 4
+            event_id = uuid.UUID(row.event_id)  # version 7: Unix milliseconds, then random
+            assert event_id.version == 7 and event_id.variant == uuid.RFC_4122
+            millis = event_id.int >> 80
+            assert before.timestamp() * 1000 - 1 <= millis <= after.timestamp() * 1000 + 1
             assert swept["time"] <= datetime.now(UTC)
             assert drop_id_and_time(swept) == drop_id_and_time(parse_envelope(expected))
         assert len({row.event_id for row in rows}) == 2
