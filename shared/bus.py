@@ -100,8 +100,11 @@ def batched(items: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
         yield chunk
 
 
-def send_in_messages(send: Send, queue: str, envelopes: Iterable[dict[str, Any]]) -> int:
-    """Send envelopes to a queue, in order, ``MESSAGE_EVENTS`` to a message; returns how many."""
+def send_in_messages(send: Send, queue: str, envelopes: Iterable[Any]) -> int:
+    """Send envelopes to a queue, in order, ``MESSAGE_EVENTS`` to a message; returns how many.
+
+    Anything JSON goes: a dead letter replayed may hold what never was an envelope, and the
+    consumer dead-letters it again, with its reason."""
     sent = 0
     for chunk in batched(envelopes, MESSAGE_EVENTS):
         send(queue, list(chunk))
@@ -246,7 +249,7 @@ def _mark(session: Session, rows: Sequence[OutboxEvent], done: int, failed: bool
             .values(relayed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-    if failed:
+    if failed and done < len(rows):
         session.execute(
             update(OutboxEvent)
             .where(OutboxEvent.position == rows[done].position)
@@ -272,12 +275,13 @@ class BackgroundRelay:
     """Relays right after commit from one thread of this process, batching as it goes.
 
     A request hands its article ids over and answers at once; the thread relays them
-    together with whatever other requests committed meanwhile, in one transaction, one
-    message per queue. How long it first waits for company follows the load: an article
-    that came alone last time is relayed at once, so a quiet newsroom's events leave
-    within milliseconds; under a burst the thread waits up to 30 ms and sends the batch as
-    one write and two messages instead of a write and two messages per article, which is
-    what lets the publisher and the consumers keep up.
+    together with whatever other requests committed meanwhile (see :class:`Relay`: one
+    message per queue for each ``MESSAGE_EVENTS`` events). How long it first waits for
+    company follows the load: an article that came alone last time is relayed at once, so
+    a quiet newsroom's events leave within milliseconds; under a burst the thread waits up
+    to 30 ms and relays the batch with one write and a message or two per queue, instead of
+    a write and two messages per article, which is what lets the publisher and the
+    consumers keep up.
 
     Nothing depends on the thread for safety: an event it has not sent yet (the process
     died, the broker is down) is still in the outbox, where the beat sweep finds it.

@@ -6,10 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
-from shared.errors import TransientError
+from shared.consumer import RETRYABLE
 
 # A message taken but not acknowledged comes back after this long. Every task's hard time
 # limit stays well under it, so a running task is never handed to a second worker.
@@ -22,7 +21,7 @@ BROKER_SOCKET_TIMEOUT_S = 5
 CONSUMER_TASK_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "ignore_result": True,
-    "autoretry_for": (TransientError, OperationalError),
+    "autoretry_for": RETRYABLE,
     "retry_backoff": 2,
     "retry_backoff_max": 30,
     "max_retries": 8,

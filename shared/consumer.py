@@ -14,17 +14,20 @@ from typing import Any
 
 from marshmallow import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.db import Database
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from shared.events import parse_envelope
 from shared.models import ConsumedEvent, DeadLetter
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, dict[str, Any]], None]
+
+# Errors worth trying again later: the consumer tasks retry the whole message on these.
+RETRYABLE = (TransientError, OperationalError)
 
 CONSUMED = "consumed"
 DUPLICATE = "duplicate"
@@ -47,9 +50,11 @@ class Consumer:
     def consume_many(self, raws: Sequence[object]) -> list[str]:
         """Handle envelopes in order, in one transaction with their ledger rows.
 
-        If one of them needs a transaction of its own (a permanent failure to dead-letter,
-        or a concurrent delivery that got to the ledger first), the batch's work is rolled
-        back and each envelope is handled alone, so the others are not held up by it.
+        If one of them fails (a permanent or unexpected error, a concurrent delivery that
+        got to the ledger first), the batch's work is rolled back and each envelope is
+        handled alone, so the others are not held up by it. Alone, an event whose handler
+        fails for good goes to the dead letters; a transient error is raised, and the broker
+        redelivers the message later (the ledger skips the events already done).
         """
         outcomes: list[str | None] = [None] * len(raws)
         parsed: list[tuple[int, dict[str, Any]]] = []
@@ -64,7 +69,7 @@ class Consumer:
                     seen = self._seen(session, [event["id"] for _, event in parsed])
                     for index, event in parsed:
                         outcomes[index] = self._handle(session, event, seen)
-            except (IntegrityError, PermanentError):
+            except Exception:  # rolled back: each event alone shows which one it was
                 outcomes = [o if o == DEAD else None for o in outcomes]
             else:
                 for index, event in parsed:
@@ -86,8 +91,13 @@ class Consumer:
         except IntegrityError:
             # Another delivery of the same event committed first: its effect stands.
             return DUPLICATE
+        except RETRYABLE:
+            raise
         except PermanentError as exc:
             return self.dead_letter(raw, str(exc), event["id"])
+        except Exception as exc:  # a bug in a handler: keep the event for a replay after the fix
+            log.exception("%s failed on %s %s", self.name, event["type"], event["id"])
+            return self.dead_letter(raw, f"{type(exc).__name__}: {exc}", event["id"])
         self._log(event, outcome)
         return outcome
 
@@ -126,16 +136,23 @@ class Consumer:
         return set(found)
 
     def dead_letter(self, raw: object, reason: str, event_id: str | None = None) -> str:
+        """Keep what could not be handled, once: a message the broker redelivers (its other
+        events hit a transient error) finds the letter already there."""
         if event_id is None and isinstance(raw, dict) and isinstance(raw.get("id"), str):
             event_id = raw["id"][:36]
+        payload = json.dumps(raw, default=str)
+        same = DeadLetter.event_id == event_id if event_id else DeadLetter.payload == payload
         with self.db.transaction() as session:
-            session.add(
-                DeadLetter(
-                    consumer=self.name,
-                    event_id=event_id,
-                    payload=json.dumps(raw, default=str),
-                    reason=reason,
+            kept = session.scalar(
+                select(DeadLetter.id).where(
+                    DeadLetter.consumer == self.name, DeadLetter.replayed_at.is_(None), same
                 )
             )
+            if kept is None:
+                session.add(
+                    DeadLetter(
+                        consumer=self.name, event_id=event_id, payload=payload, reason=reason
+                    )
+                )
         log.warning("%s dead-lettered a message: %s", self.name, reason)
         return DEAD

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,11 +121,19 @@ def replay_dead_letters(
         with sender.open() as send:
             for queue in sorted({letter.consumer for letter in letters}):
                 mine = [letter for letter in letters if letter.consumer == queue]
-                send_in_messages(send, queue, (json.loads(letter.payload) for letter in mine))
+                send_in_messages(send, queue, _envelopes(letter.payload for letter in mine))
         now = utcnow()
         for letter in letters:
             letter.replayed_at = now
     return len(letters)
+
+
+def _envelopes(payloads: Iterable[str]) -> Iterator[Any]:
+    """What dead letters held, one envelope each. A worker older than batched messages
+    dead-letters a whole list as one letter: its envelopes go back one by one."""
+    for payload in payloads:
+        held = json.loads(payload)
+        yield from held if isinstance(held, list) else [held]
 
 
 def replay_events(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,9 @@ from shared import ops
 from shared.bus import CelerySender
 from shared.celery import create_celery
 from shared.consumer import Consumer
+from shared.db import new_id
+from shared.events import make_envelope
+from shared.models import DeadLetter
 from tests.brokers import queued
 from tests.publisher.helpers import article, relayed
 
@@ -64,6 +68,22 @@ def test_dead_letters_can_be_replayed_to_their_queue(database, sender, redis_url
         {"id": "x", "type": "article.exploded"}
     ]
     assert ops.replay_dead_letters(database, sender) == 0  # each is replayed once
+
+
+def test_a_whole_message_dead_lettered_by_an_older_worker_goes_back_event_by_event(
+    database, sender, redis_url
+):
+    first, second = (
+        make_envelope("article.published", {"article_id": new_id(), "version": 1}) for _ in range(2)
+    )
+    with database.transaction() as session:  # as a worker from before batching kept it
+        session.add(
+            DeadLetter(consumer="archiver", payload=json.dumps([first, second]), reason="x")
+        )
+    assert ops.replay_dead_letters(database, sender) == 1
+    replayed = [m["envelope"] for m in queued(redis_url, "archiver")]
+    assert replayed == [first, second]
+    assert Consumer("archiver", database, {}).consume_message(replayed) == ["consumed"] * 2
 
 
 def test_events_lost_by_the_broker_are_resent_until_consumed(

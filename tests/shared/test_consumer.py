@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from sqlalchemy import select
 
 from shared import consumer
 from shared.consumer import Consumer
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from shared.events import make_envelope
 from shared.models import ConsumedEvent, DeadLetter
 
@@ -114,3 +115,37 @@ def test_one_bad_event_in_a_message_does_not_hold_up_the_others(database):
     reasons = sorted(letter.reason for letter in dead_letters(database))
     assert reasons[0] == "cannot handle this one"
     assert reasons[1].startswith("envelope does not parse")
+
+
+def test_a_handler_bug_dead_letters_its_event_and_spares_the_rest(database):
+    def buggy(session, event):  # type: ignore[no-untyped-def]
+        if event["data"]["title"] == "bad":
+            raise ValueError("unexpected None")
+
+    good, bad, last = envelope(), envelope(), envelope()
+    bad["data"]["title"] = "bad"
+    worker = Consumer("archiver", database, {"article.published": buggy})
+    assert worker.consume_message([good, bad, last]) == [
+        consumer.CONSUMED, consumer.DEAD, consumer.CONSUMED
+    ]  # fmt: skip
+    assert sorted(ledger(database)) == sorted([(good["id"], "archiver"), (last["id"], "archiver")])
+    [letter] = dead_letters(database)
+    assert letter.event_id == bad["id"] and letter.reason == "ValueError: unexpected None"
+
+
+def test_a_redelivered_message_does_not_dead_letter_twice(database):
+    calls: list[str] = []
+
+    def flaky(session, event):  # type: ignore[no-untyped-def]
+        calls.append(event["id"])
+        if len(calls) == 1:  # the database blinked
+            raise TransientError("database restarting")
+
+    event, unknown = envelope(), envelope() | {"type": "nope"}
+    worker = Consumer("archiver", database, {"article.published": flaky})
+    with pytest.raises(TransientError):  # the task retries the whole message later
+        worker.consume_message(["garbage", event, unknown])
+    redelivered = worker.consume_message(["garbage", event, unknown])
+    assert redelivered == [consumer.DEAD, consumer.CONSUMED, consumer.DEAD]
+    assert ledger(database) == [(event["id"], "archiver")]
+    assert len(dead_letters(database)) == 2  # "garbage" and the unknown type, once each
