@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared import events
-from shared.db import Database, utcnow
+from shared.db import Database, is_postgres, utcnow
 from shared.models import OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Relay:
         self.db = db
         self.sender = sender
         self.batch = batch
-        self.locks_rows = db.engine.dialect.name == "postgresql"
+        self.locks_rows = is_postgres(db.engine)
 
     def relay(
         self, article_ids: Iterable[str] | None = None, *, settled: timedelta = timedelta(0)

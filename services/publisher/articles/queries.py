@@ -11,6 +11,7 @@ from sqlalchemy import Select, and_, exists, func, literal_column, or_, select, 
 from sqlalchemy.orm import Session
 
 from shared.bus import ROUTES
+from shared.db import is_postgres
 from shared.models import Article, ArticleHistory, ConsumedEvent, OutboxEvent
 from shared.text import in_range, storable
 
@@ -34,7 +35,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def _has_tag(session: Session, tag: str) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         return text("CAST(articles.tags AS jsonb) ? :tag").bindparams(tag=tag)
     each = func.json_each(Article.tags).table_valued("value")
     return exists(select(literal_column("1")).select_from(each).where(each.c.value == tag))
