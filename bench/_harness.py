@@ -29,6 +29,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from shared.config import normalise_database_url
+from shared.db import new_id
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -313,7 +314,7 @@ def article_row(
     """A published article as an ``articles`` row (ARTICLE_COLUMNS), published, created and
     updated at ``at``, for bulk inserts that bypass the API."""
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(at),  # time-ordered, as the API and the importer make them
         "slug": slug,
         "title": title,
         "summary": summary,

@@ -8,12 +8,12 @@ import random
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 
+import uuid_utils
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -53,8 +53,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
+def new_id(at: datetime | None = None) -> str:
+    """A version-7 UUID (RFC 9562): 48 bits of Unix milliseconds (``at``, else now), then
+    random bits.
+
+    Ids that follow time keep every index on them growing at one edge: rows made (or
+    published, or archived) together sit in the same few pages of each index instead of
+    one page each all over it. The archive sweep, which takes a day's stories at a time,
+    writes its history and outbox rows in a few pages of their ``article_id`` indexes.
+    """
+    if at is None:
+        return str(uuid_utils.uuid7())
+    return str(uuid_utils.uuid7(nanoseconds=int(at.timestamp() * 1_000_000_000)))
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:

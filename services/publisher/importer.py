@@ -147,8 +147,11 @@ def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str,
         slug, n = f"{base}-{n}", n + 1
     taken.add(slug)
     published = status == "published"
+    published_at = (row["published_at"] or now) if published else None
     return {
-        "id": new_id(),
+        # An old story imported today sits by its own date in the id indexes, where the
+        # archive sweep, which takes the oldest first, finds its neighbours.
+        "id": new_id(published_at),
         "slug": slug,
         "title": row["title"],
         "summary": "",
@@ -158,7 +161,7 @@ def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str,
         "authors": [],
         "media": None,
         "status": status,
-        "published_at": (row["published_at"] or now) if published else None,
+        "published_at": published_at,
         "evergreen": False,
         "version": 1,
         "created_at": now,
