@@ -227,3 +227,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def analyze(db: Database, *tables: str) -> None:
+    """On PostgreSQL, refresh the planner's statistics of tables a bulk writer has just grown.
+
+    Autovacuum gets round to it within a minute or so; until then a table that went from
+    empty to 300,000 rows is planned as if it held a few: the relay's lookup of each
+    article's oldest pending event scanned the whole backlog, 0.8 s a batch instead of 1 ms.
+    SQLite plans without statistics unless asked to keep them, so it has nothing to refresh.
+    """
+    if is_postgres(db.engine):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")

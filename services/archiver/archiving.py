@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from shared import events
 from shared.config import Settings
-from shared.db import Database, UTCDateTime, is_postgres, utcnow
+from shared.db import Database, UTCDateTime, analyze, is_postgres, utcnow
 from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.models import ArticleStatus as S
 
@@ -51,6 +51,9 @@ AGED = "aged"
 HISTORY: Table = ArticleHistory.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 SWEEPER = "archiver:sweep"
+# On PostgreSQL the outbox's statistics are refreshed once the sweep has written this many
+# events, then each time it has written four times as many as at the last refresh.
+ANALYZE_FIRST = 2_000
 
 
 def due_for_archiving(settings: Settings, now: datetime) -> ColumnElement[bool]:
@@ -281,11 +284,19 @@ def sweep(
         pace = Pace(settings.archive_sweep_chunk, settings.archive_sweep_chunk_ms / 1000)
         return _sweep_chunks(db, settings, now, pace, on_chunk)
     reported = threading.Lock()
+    total, analyzed_at = 0, 0
 
     def report(rows: int) -> None:
-        if on_chunk is not None:
-            with reported:
+        nonlocal total, analyzed_at
+        with reported:
+            total += rows
+            stale = total >= max(ANALYZE_FIRST, 4 * analyzed_at)
+            if stale:
+                analyzed_at = total
+            if on_chunk is not None:
                 on_chunk(rows)
+        if stale:  # the outbox has grown fourfold since: keep the relay's plans right
+            analyze(db, "outbox")
 
     def one_worker(_: int) -> int:
         return _sweep_chunks(db, settings, now, Pace(settings.archive_sweep_chunk, None), report)

@@ -24,7 +24,7 @@ from shared.bus import CelerySender, Relay
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
-from shared.db import Database, new_id, utcnow
+from shared.db import Database, analyze, new_id, utcnow
 from shared.events import make_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.text import Text, When
@@ -104,6 +104,7 @@ def import_file(
     try:
         report = _load(db, path, status, progress)
         if report.imported:
+            analyze(db, "articles", "article_history", "outbox")
             report.relayed = Relay(db, CelerySender(create_celery(settings, "import"))).relay()
         return report
     finally:
