@@ -86,7 +86,7 @@ from sqlalchemy.engine import make_url
 
 from shared import events
 from shared.bus import CONSUMERS, MESSAGE_EVENTS, ROUTES, CelerySender, Relay
-from shared.celery import create_celery
+from shared.celery import broker_lists, create_celery
 from shared.config import Settings
 from shared.db import Database, make_engine, new_id, utcnow
 from shared.embedded_redis import server_argv, wait_until_ready
@@ -815,7 +815,7 @@ def noop_worker_main(concurrency: int, bare: bool) -> None:
 def queue_depth(client: redis.Redis, queue: str) -> int:
     """Messages waiting on a Celery queue (every priority) plus those taken but not acked."""
     pipe = client.pipeline(transaction=False)
-    for key in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]:
+    for key in broker_lists(queue):
         pipe.llen(key)
     pipe.hlen("unacked")
     return sum(int(n) for n in pipe.execute())

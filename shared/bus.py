@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared import events
+from shared.celery import EVENT_PRIORITY
 from shared.db import Database, is_postgres, utcnow
 from shared.models import OutboxEvent
 
@@ -78,6 +79,7 @@ class CelerySender:
                     argsrepr=_describe(envelopes),  # Celery's own repr costs more than a send
                     kwargsrepr="{}",
                     queue=queue,
+                    priority=EVENT_PRIORITY,
                     retry=False,
                     ignore_result=True,
                     producer=producer,

@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import exists, func, select
 
 from shared.bus import CONSUMERS, ROUTES, CelerySender, send_in_messages
+from shared.celery import broker_lists
 from shared.db import Database, utcnow
 from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
 
@@ -44,27 +45,41 @@ class Snapshot:
         return asdict(self)
 
 
+def carried(raw: bytes) -> tuple[str, list[Any]]:
+    """(task name, envelopes oldest first) of a message as kombu's Redis transport stores it.
+
+    Periodic jobs carry no envelopes; a message of an older sender carries one, unlisted.
+    """
+    message = json.loads(raw)
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    envelopes = args[0] if args else []
+    return message["headers"]["task"], envelopes if isinstance(envelopes, list) else [envelopes]
+
+
 def _message_time(raw: bytes) -> datetime | None:
     """When the oldest event in a queued Celery message was written (None for other tasks)."""
     try:
-        message = json.loads(raw)
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        carried = json.loads(body)[0][0]  # the list of envelopes, the oldest first
-        envelope = carried[0] if isinstance(carried, list) else carried
-        return datetime.fromisoformat(envelope["time"])
+        _, envelopes = carried(raw)
+        return datetime.fromisoformat(envelopes[0]["time"]) if envelopes else None
     except (ValueError, KeyError, IndexError, TypeError):
         return None
 
 
 def queue_states(client: redis.Redis, names: Iterable[str], now: datetime) -> list[QueueState]:
+    """Depth and oldest event's age of each queue, over all its priority lists."""
     states = []
     for name in names:
-        depth = int(client.llen(name))
-        oldest = client.lindex(name, -1) if depth else None  # LPUSHed: the oldest is last
-        sent = _message_time(oldest) if isinstance(oldest, bytes) else None
-        age = (now - sent).total_seconds() if sent else None
+        depth, sent = 0, []
+        for key in broker_lists(name):
+            length = int(client.llen(key))
+            oldest = client.lindex(key, -1) if length else None  # LPUSHed: the oldest is last
+            depth += length
+            if isinstance(oldest, bytes) and (at := _message_time(oldest)) is not None:
+                sent.append(at)
+        age = (now - min(sent)).total_seconds() if sent else None
         states.append(QueueState(name, depth, age))
     return states
 

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 import redis
 
+from shared.celery import broker_lists
+from shared.ops import carried
+
 
 def queued(redis_url: str, queue: str) -> list[dict[str, Any]]:
-    """The envelopes waiting in ``queue``, oldest first, each with the task that carries it."""
+    """The envelopes waiting in ``queue``, in the order a worker takes them, each with the
+    task that carries it."""
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.lrange(queue, 0, -1)
+        lists = [client.lrange(key, 0, -1) for key in broker_lists(queue)]
     finally:
         client.close()
     messages = []
-    for item in reversed(raw):  # kombu LPUSHes and BRPOPs: the oldest is at the right
-        message = json.loads(item)
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        [carried] = json.loads(body)[0]  # one argument: the list of envelopes
-        for envelope in carried:
-            messages.append({"task": message["headers"]["task"], "envelope": envelope})
+    for raw in lists:
+        for item in reversed(raw):  # kombu LPUSHes and BRPOPs: the oldest is at the right
+            task, envelopes = carried(item)
+            messages.extend({"task": task, "envelope": envelope} for envelope in envelopes)
     return messages
 
 
 def message_count(redis_url: str, queue: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.llen(queue))
+        return sum(int(client.llen(key)) for key in broker_lists(queue))
     finally:
         client.close()

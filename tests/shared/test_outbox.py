@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from shared import lifecycle
 from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
-from shared.celery import create_celery
+from shared.celery import beat_schedule, create_celery
 from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
 from tests.brokers import message_count, queued
@@ -132,7 +132,7 @@ def test_relay_after_commit_sends_what_many_writers_commit_once_each(database, s
 FORKED_RELAY = """
 import os, sys
 from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
-from shared.celery import create_celery
+from shared.celery import beat_schedule, create_celery
 from shared.config import Settings
 from shared.db import Database
 
@@ -177,6 +177,29 @@ def test_a_backlog_goes_out_in_few_messages_of_many_events(database, settings, r
         assert message_count(redis_url, queue) == 3
         titles = [m["envelope"]["data"]["title"] for m in queued(redis_url, queue)]
         assert titles == [f"Story {n}" for n in range(2 * MESSAGE_EVENTS + 50)]
+
+
+def test_a_periodic_job_is_taken_before_a_backlog_of_events(database, settings, redis_url):
+    # A due publication sent by beat must not wait for the archiver to drain an archive
+    # sweep's 300,000 events: a worker takes it first, then the events, still in order.
+    with database.transaction() as session:
+        for n in range(2 * MESSAGE_EVENTS):
+            article = new_article(session, f"Story {n}")
+            lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+    relay_for(database, settings).relay()
+    app = create_celery(settings, "beat")
+    due = beat_schedule(settings)["publish-due"]
+    app.send_task(due["task"], **due["options"])
+    assert message_count(redis_url, "archiver") == 3
+    taken = []
+    with app.connection_for_read() as conn, conn.SimpleQueue("archiver", no_ack=True) as queue:
+        for _ in range(3):
+            message = queue.get(timeout=5)
+            taken.append(message.headers["task"])
+            if message.headers["task"] == "archiver.consume":
+                titles = [e["data"]["title"] for e in message.payload[0][0]]
+                assert titles[0] == f"Story {MESSAGE_EVENTS * (len(taken) - 2)}"
+    assert taken == ["pressroom.publish_due", "archiver.consume", "archiver.consume"]
 
 
 class StalledBroker:
