@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -53,6 +54,10 @@ def test_import_reports_each_rejected_row_by_line(tmp_path, settings, database, 
     assert first.tags == ["stocks", "ftse"]
     assert first.published_at.year == 2005
     assert "<script" not in articles["markets-rally-2"].body
+    # ids follow publication, so the story from 2005 sorts before the one published today
+    # in every index on them, however the file was ordered
+    assert first.id < articles["markets-rally-2"].id
+    assert uuid.UUID(first.id).version == 7
     assert events == 2
     envelopes = [m["envelope"] for m in queued(redis_url, "archiver")]
     assert {e["data"]["origin"] for e in envelopes} == {"import"}
