@@ -43,7 +43,14 @@ from sqlalchemy.orm import Session
 
 from shared import events
 from shared.config import Settings
-from shared.db import Database, UTCDateTime, analyze, is_postgres, utcnow
+from shared.db import (
+    Database,
+    UTCDateTime,
+    analyze,
+    checkpoints_in_background,
+    is_postgres,
+    utcnow,
+)
 from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.models import ArticleStatus as S
 
@@ -282,7 +289,8 @@ def sweep(
     now = now or utcnow()
     if not is_postgres(db.engine):
         pace = Pace(settings.archive_sweep_chunk, settings.archive_sweep_chunk_ms / 1000)
-        return _sweep_chunks(db, settings, now, pace, on_chunk)
+        with checkpoints_in_background(db) as (writer, committed):
+            return _sweep_chunks(writer, settings, now, pace, on_chunk, committed)
     reported = threading.Lock()
     total, analyzed_at = 0, 0
 
@@ -312,6 +320,7 @@ def _sweep_chunks(
     now: datetime,
     pace: Pace,
     on_chunk: Callable[[int], None] | None,
+    committed: Callable[[], None] | None = None,
 ) -> int:
     total = 0
     while True:
@@ -320,6 +329,8 @@ def _sweep_chunks(
             done = archive_chunk(session, settings, now, pace.size)
         if not done:
             return total
+        if committed is not None:
+            committed()
         total += done
         if on_chunk is not None:
             on_chunk(done)
