@@ -67,7 +67,9 @@ def new_id(at: datetime | None = None) -> str:
     """
     if at is None:
         return str(uuid_utils.uuid7())
-    return str(uuid_utils.uuid7(nanoseconds=int(at.timestamp() * 1_000_000_000)))
+    # The time field counts from 1970: an older story (an archive goes back further) is
+    # dated at its start, still before everything published since.
+    return str(uuid_utils.uuid7(nanoseconds=max(0, int(at.timestamp() * 1_000_000_000))))
 
 
 def make_engine(url: str, *, wal_autocheckpoint: int | None = None, **kwargs: object) -> Engine:
@@ -218,14 +220,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Database:
     """An engine and its session factory, built once per process from settings."""
 
-    def __init__(self, url: str, *, wal_autocheckpoint: int | None = None, **engine_kwargs: object):
+    def __init__(
+        self,
+        url: str,
+        *,
+        wal_autocheckpoint: int | None = None,
+        writers: WriterQueue | None = None,
+        **engine_kwargs: object,
+    ):
+        """``writers``: the queue of another Database on the same SQLite file, to take turns
+        in with its writers (by default each Database has a queue of its own)."""
         self.engine = make_engine(url, wal_autocheckpoint=wal_autocheckpoint, **engine_kwargs)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         # For sessions that only read: on SQLite they do not queue for the write lock.
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.reader = sessionmaker(self.read_engine, expire_on_commit=False)
         sqlite = self.engine.dialect.name == "sqlite"
-        self._writers = WriterQueue(self.engine.url.database) if sqlite else None
+        self._writers = writers or (WriterQueue(self.engine.url.database) if sqlite else None)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -266,7 +277,11 @@ def checkpoints_in_background(db: Database) -> Iterator[tuple[Database, Callable
     if is_postgres(db.engine) or path in (None, "", ":memory:"):
         yield db, lambda: None
         return
-    writer = Database(db.engine.url.render_as_string(hide_password=False), wal_autocheckpoint=0)
+    writer = Database(
+        db.engine.url.render_as_string(hide_password=False),
+        wal_autocheckpoint=0,
+        writers=db._writers,  # the same turns as the process's other writers
+    )
     checkpointer = _Checkpointer(path)
     try:
         yield writer, checkpointer.committed
@@ -282,7 +297,9 @@ class _Checkpointer:
     WAL file over only when a write begins with every frame already copied, which never
     happens while copies and writes overlap: the WAL grew by a chunk's pages each chunk
     (280 MB over a 300,000-story sweep). So every ``CATCH_UP``th commit the writer waits
-    for the copy to finish, and the WAL stays within that many chunks' pages.
+    for the copy to finish, and the WAL stays within that many chunks' pages. (A reader that
+    holds an older snapshot keeps its frames from being copied, and the WAL from starting
+    over, until it ends; a passive checkpoint copies what it can and the writer goes on.)
     """
 
     CATCH_UP = 8
@@ -314,6 +331,8 @@ class _Checkpointer:
                 self._copy_when_told(connection)
             finally:
                 connection.close()
+        except Exception:
+            log.exception("the WAL checkpoint thread stopped; commits will no longer wait for it")
         finally:
             with self._state:
                 self._gone = True

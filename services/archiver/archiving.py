@@ -329,9 +329,10 @@ def _sweep_chunks(
             done = archive_chunk(session, settings, now, pace.size)
         if not done:
             return total
+        held = time.monotonic() - started  # the write lock's time, not the checkpoint's
         if committed is not None:
             committed()
         total += done
         if on_chunk is not None:
             on_chunk(done)
-        time.sleep(pace.after(done, time.monotonic() - started))
+        time.sleep(pace.after(done, held))

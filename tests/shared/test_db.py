@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from shared.db import Database
+from shared.db import Database, new_id
 from shared.migrate import upgrade
 from shared.models import Article
 from tests.e2e.conftest import ROOT
@@ -55,3 +57,11 @@ def test_writers_in_several_processes_and_threads_all_commit(tmp_path):  # type:
     with db.reader() as session:
         assert session.scalar(select(func.count()).select_from(Article)) == 400
     db.dispose()
+
+
+def test_ids_follow_time_back_past_1970():
+    # An archive import goes back further than the id's clock: such stories still get ids,
+    # ordered before everything published since.
+    ids = [new_id(datetime(year, 6, 1, tzinfo=UTC)) for year in (1955, 2005)] + [new_id()]
+    assert ids == sorted(ids)
+    assert {uuid.UUID(i).version for i in ids} == {7}
