@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 
 import nh3
@@ -26,6 +27,7 @@ ALLOWED_ATTRIBUTES = {
 }
 URL_SCHEMES = {"http", "https", "mailto"}
 SLUG_MAX = 80
+SLUG_PROBE = 20  # slugs asked about at once when a title repeats
 
 
 def sanitise_html(body: str) -> str:
@@ -50,16 +52,18 @@ def base_slug(title: str) -> str:
 
 
 def unique_slug(session: Session, title: str) -> str:
-    """A slug from the title, with -2, -3... when it is taken."""
+    """A slug from the title, with -2, -3... when it is taken.
+
+    Candidates are asked about ``SLUG_PROBE`` at a time by exact value, on the unique index:
+    one query for a new title or the first few repeats. (Asking for ``slug LIKE 'base-%'``
+    instead scanned the whole table on PostgreSQL, whose index serves LIKE only under the C
+    collation: 0.4 s for each repeated title among a million stories.)
+    """
     base = base_slug(title)
-    if session.scalar(select(Article.id).where(Article.slug == base)) is None:
-        return base  # the usual case: one lookup on the unique index
-    taken = set(
-        session.scalars(
-            select(Article.slug).where((Article.slug == base) | Article.slug.like(f"{base}-%"))
-        )
-    )
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
+    for start in itertools.count(1, SLUG_PROBE):
+        candidates = [base if n == 1 else f"{base}-{n}" for n in range(start, start + SLUG_PROBE)]
+        taken = set(session.scalars(select(Article.slug).where(Article.slug.in_(candidates))))
+        for candidate in candidates:
+            if candidate not in taken:
+                return candidate
+    raise AssertionError("unreachable: the candidates never run out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from shared.content import SLUG_PROBE
 from tests.publisher.helpers import article, relayed
 
 
@@ -44,6 +45,15 @@ def test_same_title_gets_a_distinct_slug(client, editor):
     second = create(client, editor)
     assert first["slug"] == "putin-takes-kim-on-a-drive"
     assert second["slug"] == "putin-takes-kim-on-a-drive-2"
+
+
+def test_a_title_repeated_many_times_keeps_counting(client, editor):
+    # past the first batch of candidates the slug lookup asks for the next batch
+    create(client, editor, slug="putin-takes-kim-on-a-drive-23")  # a gap that stays taken
+    slugs = [create(client, editor)["slug"] for _ in range(SLUG_PROBE + 5)]
+    expected = ["putin-takes-kim-on-a-drive"]
+    expected += [f"putin-takes-kim-on-a-drive-{n}" for n in range(2, SLUG_PROBE + 7) if n != 23]
+    assert slugs == expected
 
 
 def test_explicit_slug_that_is_taken_is_a_conflict(client, editor):
