@@ -47,6 +47,8 @@ class Article(Base):
         # Feeds and the archive sweep walk the published rows by date; beat's publish-due
         # finds the few scheduled ones by the same index's first column.
         Index("ix_articles_status_published_at", "status", "published_at"),
+        # The editors' list, newest first, and its cursor.
+        Index("ix_articles_created_at", "created_at", "id"),
     )
 
     def snapshot(self) -> dict[str, Any]:

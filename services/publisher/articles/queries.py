@@ -7,7 +7,7 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, literal_column, or_, select, text
+from sqlalchemy import Select, exists, func, literal_column, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from shared.bus import ROUTES
@@ -53,12 +53,9 @@ def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article]
         query = query.where(or_(Article.title.ilike(pattern), Article.summary.ilike(pattern)))
     if args.get("cursor"):
         created, article_id = decode_cursor(args["cursor"])
-        query = query.where(
-            or_(
-                Article.created_at < created,
-                and_(Article.created_at == created, Article.id < article_id),
-            )
-        )
+        # A row-value comparison is one range on the (created_at, id) index; the same test
+        # spelt with OR walked the index from the newest article down to the cursor.
+        query = query.where(tuple_(Article.created_at, Article.id) < tuple_(created, article_id))
     limit = args["limit"]
     rows: list[Article] = list(
         session.scalars(
