@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -67,8 +67,10 @@ class Consumer:
             try:
                 with self.db.transaction() as session:
                     seen = self._seen(session, [event["id"] for _, event in parsed])
+                    ledger: list[dict[str, Any]] = []
                     for index, event in parsed:
-                        outcomes[index] = self._handle(session, event, seen)
+                        outcomes[index] = self._handle(session, event, seen, ledger)
+                    self._record(session, ledger)
             except Exception:  # rolled back: each event alone shows which one it was
                 outcomes = [o if o == DEAD else None for o in outcomes]
             else:
@@ -87,7 +89,9 @@ class Consumer:
     def _consume_one(self, raw: object, event: dict[str, Any]) -> str:
         try:
             with self.db.transaction() as session:
-                outcome = self._handle(session, event, self._seen(session, [event["id"]]))
+                ledger: list[dict[str, Any]] = []
+                outcome = self._handle(session, event, self._seen(session, [event["id"]]), ledger)
+                self._record(session, ledger)
         except IntegrityError:
             # Another delivery of the same event committed first: its effect stands.
             return DUPLICATE
@@ -101,22 +105,35 @@ class Consumer:
         self._log(event, outcome)
         return outcome
 
-    def _handle(self, session: Session, event: dict[str, Any], seen: set[str]) -> str:
+    def _handle(
+        self,
+        session: Session,
+        event: dict[str, Any],
+        seen: set[str],
+        ledger: list[dict[str, Any]],
+    ) -> str:
+        """Run the event's handler; its ledger row joins ``ledger``, for :meth:`_record`."""
         if event["id"] in seen:
             return DUPLICATE
         seen.add(event["id"])  # the same event twice in one batch
         handler = self.handlers.get(event["type"])
         if handler is not None:
             handler(session, event)
-        session.add(
-            ConsumedEvent(
-                event_id=event["id"],
-                consumer=self.name,
-                event_type=event["type"],
-                article_id=event["data"]["article_id"],
-            )
+        ledger.append(
+            {
+                "event_id": event["id"],
+                "consumer": self.name,
+                "event_type": event["type"],
+                "article_id": event["data"]["article_id"],
+            }
         )
         return CONSUMED
+
+    def _record(self, session: Session, ledger: list[dict[str, Any]]) -> None:
+        """The ledger rows of what was handled, in one statement of the same transaction (a
+        unit-of-work object per row cost a quarter of a consumer's time)."""
+        if ledger:
+            session.execute(insert(ConsumedEvent), ledger)
 
     def _log(self, event: dict[str, Any], outcome: str | None) -> None:
         if outcome == DUPLICATE:
