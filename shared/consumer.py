@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import Database
 from shared.errors import PermanentError, TransientError
-from shared.events import parse_envelope
+from shared.events import envelopes_in, parse_envelope
 from shared.models import ConsumedEvent, DeadLetter
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Consumer:
     def consume_message(self, message: object) -> list[str]:
         """Handle what one broker message carried: a list of envelopes, oldest first (or a
         lone envelope, as messages sent before batching held); returns what became of each."""
-        return self.consume_many(message if isinstance(message, list) else [message])
+        return self.consume_many(envelopes_in(message))
 
     def consume_many(self, raws: Sequence[object]) -> list[str]:
         """Handle envelopes in order, in one transaction with their ledger rows.
@@ -67,10 +67,9 @@ class Consumer:
             try:
                 with self.db.transaction() as session:
                     seen = self._seen(session, [event["id"] for _, event in parsed])
-                    ledger: list[dict[str, Any]] = []
                     for index, event in parsed:
-                        outcomes[index] = self._handle(session, event, seen, ledger)
-                    self._record(session, ledger)
+                        outcomes[index] = self._handle(session, event, seen)
+                    self._record(session, [e for i, e in parsed if outcomes[i] == CONSUMED])
             except Exception:  # rolled back: each event alone shows which one it was
                 outcomes = [o if o == DEAD else None for o in outcomes]
             else:
@@ -89,9 +88,8 @@ class Consumer:
     def _consume_one(self, raw: object, event: dict[str, Any]) -> str:
         try:
             with self.db.transaction() as session:
-                ledger: list[dict[str, Any]] = []
-                outcome = self._handle(session, event, self._seen(session, [event["id"]]), ledger)
-                self._record(session, ledger)
+                outcome = self._handle(session, event, self._seen(session, [event["id"]]))
+                self._record(session, [event] if outcome == CONSUMED else [])
         except IntegrityError:
             # Another delivery of the same event committed first: its effect stands.
             return DUPLICATE
@@ -105,35 +103,32 @@ class Consumer:
         self._log(event, outcome)
         return outcome
 
-    def _handle(
-        self,
-        session: Session,
-        event: dict[str, Any],
-        seen: set[str],
-        ledger: list[dict[str, Any]],
-    ) -> str:
-        """Run the event's handler; its ledger row joins ``ledger``, for :meth:`_record`."""
+    def _handle(self, session: Session, event: dict[str, Any], seen: set[str]) -> str:
+        """Run the event's handler, unless it is a duplicate; the caller records it."""
         if event["id"] in seen:
             return DUPLICATE
         seen.add(event["id"])  # the same event twice in one batch
         handler = self.handlers.get(event["type"])
         if handler is not None:
             handler(session, event)
-        ledger.append(
-            {
-                "event_id": event["id"],
-                "consumer": self.name,
-                "event_type": event["type"],
-                "article_id": event["data"]["article_id"],
-            }
-        )
         return CONSUMED
 
-    def _record(self, session: Session, ledger: list[dict[str, Any]]) -> None:
-        """The ledger rows of what was handled, in one statement of the same transaction (a
-        unit-of-work object per row cost a quarter of a consumer's time)."""
-        if ledger:
-            session.execute(insert(ConsumedEvent), ledger)
+    def _record(self, session: Session, handled: list[dict[str, Any]]) -> None:
+        """The ledger rows of the events handled, in one statement of the same transaction
+        (a unit-of-work object per row cost a quarter of a consumer's time)."""
+        if handled:
+            session.execute(
+                insert(ConsumedEvent),
+                [
+                    {
+                        "event_id": event["id"],
+                        "consumer": self.name,
+                        "event_type": event["type"],
+                        "article_id": event["data"]["article_id"],
+                    }
+                    for event in handled
+                ],
+            )
 
     def _log(self, event: dict[str, Any], outcome: str | None) -> None:
         if outcome == DUPLICATE:

@@ -91,6 +91,12 @@ def make_envelope(
     }
 
 
+def envelopes_in(message_arg: object) -> list[Any]:
+    """The envelopes a consumer message (or a dead letter) holds, oldest first: a list, or
+    one envelope on its own, as messages sent before batching held."""
+    return message_arg if isinstance(message_arg, list) else [message_arg]
+
+
 def parse_envelope(raw: object) -> dict[str, Any]:
     """Validate an envelope; raises ``ValidationError`` naming each bad field."""
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ from sqlalchemy import exists, func, select
 from shared.bus import CONSUMERS, ROUTES, CelerySender, send_in_messages
 from shared.celery import broker_lists
 from shared.db import Database, utcnow
+from shared.events import envelopes_in
 from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
 
 # kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
@@ -55,8 +56,7 @@ def carried(raw: bytes) -> tuple[str, list[Any]]:
     if message["properties"].get("body_encoding") == "base64":
         body = base64.b64decode(body)
     args = json.loads(body)[0]
-    envelopes = args[0] if args else []
-    return message["headers"]["task"], envelopes if isinstance(envelopes, list) else [envelopes]
+    return message["headers"]["task"], envelopes_in(args[0]) if args else []
 
 
 def _message_time(raw: bytes) -> datetime | None:
@@ -147,8 +147,7 @@ def _envelopes(payloads: Iterable[str]) -> Iterator[Any]:
     """What dead letters held, one envelope each. A worker older than batched messages
     dead-letters a whole list as one letter: its envelopes go back one by one."""
     for payload in payloads:
-        held = json.loads(payload)
-        yield from held if isinstance(held, list) else [held]
+        yield from envelopes_in(json.loads(payload))
 
 
 def replay_events(
