@@ -34,9 +34,13 @@ blp = Blueprint(
 editor_only = [require_role("editor")]
 
 
-def load_article(session: Session, article_id: str) -> Article:
+def load_article(session: Session, article_id: str, *, to_change: bool = False) -> Article:
+    """The article, or 404. ``to_change``: locked until the transaction ends (PostgreSQL;
+    a SQLite write transaction holds the whole database), so two requests that change one
+    article take turns and the second sees what the first did: no event emitted twice, no
+    If-Match check passed on a version another request is replacing."""
     try:
-        article = session.get(Article, str(uuid.UUID(article_id)))
+        article = session.get(Article, str(uuid.UUID(article_id)), with_for_update=to_change)
     except ValueError:
         article = None
     if article is None:
@@ -141,7 +145,7 @@ class ArticleById(MethodView):
     def patch(self, data: dict[str, Any], article_id: str) -> Any:
         """Change some fields; send If-Match with the version you edited to avoid lost updates."""
         with state().db.transaction() as session:
-            article = load_article(session, article_id)
+            article = load_article(session, article_id, to_change=True)
             _check_if_match(article)
             changed = service.update_article(session, article, data, current_caller().actor)
         if changed:
@@ -157,7 +161,7 @@ def _action_view(action: str) -> type[MethodView]:
         @blp.response(200, ArticleSchema)
         def post(self, data: dict[str, Any], article_id: str) -> Any:
             with state().db.transaction() as session:
-                article = load_article(session, article_id)
+                article = load_article(session, article_id, to_change=True)
                 service.apply_action(
                     session,
                     article,

@@ -107,7 +107,9 @@ def act_by_hand(settings: Settings, article_ref: str, action: str, reason: str, 
     try:
         with db.transaction() as session:
             article = session.scalar(
-                select(Article).where((Article.id == article_ref) | (Article.slug == article_ref))
+                select(Article)
+                .where((Article.id == article_ref) | (Article.slug == article_ref))
+                .with_for_update()  # as the API does: changes to one article take turns
             )
             if article is None:
                 raise LookupError(f"no article with id or slug {article_ref!r}")
