@@ -26,8 +26,12 @@ ALLOWED_ATTRIBUTES = {
     "th": {"colspan", "rowspan", "scope"},
 }
 URL_SCHEMES = {"http", "https", "mailto"}
-SLUG_MAX = 80
+SLUG_MAX = 80  # of a slug made from a title; an editor's own may be longer
+SLUG_LIMIT = 200  # the column's size
 SLUG_PROBE = 20  # slugs asked about at once when a title repeats
+# Lowercase words joined by hyphens; a section is one such name of up to 64 characters.
+SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+SECTION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 def sanitise_html(body: str) -> str:
@@ -45,6 +49,11 @@ def paragraphs_to_html(text: str) -> str:
     """Plain text with blank lines between paragraphs, as HTML paragraphs."""
     parts = (p.strip() for p in re.split(r"\n\s*\n", text))
     return "".join(f"<p>{html.escape(p)}</p>" for p in parts if p)
+
+
+def could_be_slug(text: str) -> bool:
+    """Whether ``text`` has the shape of a slug (what a reader's URL must hold to be looked up)."""
+    return len(text) <= SLUG_LIMIT and SLUG_PATTERN.match(text) is not None
 
 
 def base_slug(title: str) -> str:

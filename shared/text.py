@@ -1,7 +1,9 @@
-"""Input text that every store can hold: no NUL characters, no lone surrogates."""
+"""Input text that every store and format can hold: no control characters but tab and line
+breaks, no lone surrogates."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,16 +12,27 @@ from marshmallow import ValidationError, fields
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
+# What XML 1.0 cannot carry (so neither can an Atom feed): C0 controls other than tab, line
+# feed and carriage return, and the two non-characters. PostgreSQL refuses NUL as well.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
 
 def storable(value: str) -> str:
-    """The string itself, or ValueError if a database could not store it."""
+    """The string itself, or ValueError if a database could not store it or a feed carry it."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if found := NOT_XML.search(value):
+        raise ValueError(f"must not contain control character U+{ord(found.group()):04X}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode text") from None
     return value
+
+
+def xml_safe(value: str) -> str:
+    """The string without what XML cannot carry (for text stored before it was refused)."""
+    return NOT_XML.sub("", value)
 
 
 def in_range(value: datetime) -> datetime:
@@ -34,7 +47,8 @@ def in_range(value: datetime) -> datetime:
 
 
 class Text(fields.String):
-    """A string field that refuses text no database can store (PostgreSQL rejects NUL)."""
+    """A string field that refuses text no database can store (PostgreSQL rejects NUL) or
+    no feed can carry (control characters)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)

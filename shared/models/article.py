@@ -11,6 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, UTCDateTime, new_id, utcnow
 
+MEDIA_MAX = 2000  # characters of a media URL
+
 
 class ArticleStatus(StrEnum):
     DRAFT = "draft"
@@ -31,7 +33,7 @@ class Article(Base):
     section: Mapped[str | None] = mapped_column(String(64), index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     authors: Mapped[list[str]] = mapped_column(JSON, default=list)
-    media: Mapped[str | None] = mapped_column(String(2000))
+    media: Mapped[str | None] = mapped_column(String(MEDIA_MAX))
     status: Mapped[str] = mapped_column(String(16), default=ArticleStatus.DRAFT)
     publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -144,6 +144,9 @@ def test_ready_when_database_and_broker_answer(client):
         {"publish_at": "9999-12-31T23:59:59-01:00"},
         {"title": "NUL \x00 inside"},
         {"tags": ["a\x00"]},
+        {"title": "pasted\x0bfrom a word processor"},  # no feed can carry it
+        {"authors": ["Desk\x1b[31m"]},
+        {"media": "https://cdn.test/" + "v" * 2000 + ".mp4"},  # longer than the column
         {"evergreen": 0},
         {"evergreen": "yes"},
     ],
@@ -151,6 +154,17 @@ def test_ready_when_database_and_broker_answer(client):
 def test_values_no_store_can_hold_are_422(client, editor, unchanged, bad):
     response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
     assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_json_nested_deeper_than_a_parser_goes_is_400(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    headers = {**editor, "Content-Type": "application/json"}
+    assert_error(client.post("/api/v1/articles", data=deep, headers=headers), 400, "malformed_json")
+    response = client.patch(f"/api/v1/articles/{created['id']}", data=deep, headers=headers)
+    assert_error(response, 400, "malformed_json")
+    assert row_counts(database) == before
 
 
 def test_lone_surrogate_is_422(client, editor, unchanged):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import feedparser
 import pytest
+from sqlalchemy import update
 
+from shared.models import Article
 from tests.publisher.helpers import article
 
 BANNER = "This content has been archived. It may no longer be relevant. For the latest news, click:"
@@ -131,6 +133,26 @@ def test_feed_lists_only_published_stories_and_parses_cleanly(client, editor, pu
     assert not news.bozo
     assert [e.title for e in news.entries] == ["Fresh story"]
     assert client.get("/sections/Bad Section!/feed.xml").status_code == 404
+
+
+def test_feed_parses_with_text_stored_before_control_characters_were_refused(
+    client, publish, database
+):
+    story = publish(title="Clean title", summary="Clean summary")
+    with database.transaction() as session:  # as an older release could have stored it
+        session.execute(
+            update(Article)
+            .where(Article.id == story["id"])
+            .values(title="Pasted\x0btitle", summary="Form\x0cfeed", tags=["a\x1bb"])
+        )
+    feed = feedparser.parse(client.get("/feed.xml").data)
+    assert not feed.bozo, feed.bozo_exception
+    assert [(e.title, e.summary) for e in feed.entries] == [("Pastedtitle", "Formfeed")]
+
+
+def test_a_slug_no_database_can_look_up_is_404(client):
+    assert client.get("/articles/a%00b").status_code == 404
+    assert client.get("/articles/" + "x" * 5000).status_code == 404
 
 
 def test_feed_holds_the_newest_fifty(client, publish):

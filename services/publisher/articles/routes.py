@@ -9,7 +9,6 @@ from typing import Any
 
 from flask import Response, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy.orm import Session
 
 from services.publisher.articles import queries, service
@@ -24,11 +23,11 @@ from services.publisher.articles.schemas import (
     HistorySchema,
 )
 from services.publisher.auth import current_caller, require_role
-from services.publisher.errors import fail
+from services.publisher.errors import ApiBlueprint, fail
 from services.publisher.state import state
 from shared.models import Article, IdempotencyRecord
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "articles", __name__, url_prefix="/api/v1/articles", description="Editors' articles API"
 )
 editor_only = [require_role("editor")]

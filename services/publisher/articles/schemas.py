@@ -5,10 +5,12 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.publisher.state import state
+from shared.content import SECTION_PATTERN, SLUG_LIMIT, SLUG_PATTERN
+from shared.models.article import MEDIA_MAX
 from shared.text import Flag, Text, When
 
-SLUG = validate.Regexp(r"^[a-z0-9]+(?:-[a-z0-9]+)*$", error="lowercase words joined by hyphens")
-SECTION = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="a lowercase section name")
+SLUG = validate.Regexp(SLUG_PATTERN, error="lowercase words joined by hyphens")
+SECTION = validate.Regexp(SECTION_PATTERN, error="a lowercase section name")
 
 
 def _names(max_items: int) -> fields.List:
@@ -22,13 +24,15 @@ class ArticleWriteSchema(Schema):
     """Fields an editor may set on create and on update."""
 
     title = Text(validate=validate.Length(min=1, max=300))
-    slug = Text(validate=[validate.Length(min=1, max=200), SLUG])
+    slug = Text(validate=[validate.Length(min=1, max=SLUG_LIMIT), SLUG])
     summary = Text(validate=validate.Length(max=2000))
     body = Text(validate=validate.Length(max=500_000))
     section = Text(allow_none=True, validate=SECTION)
     tags = _names(50)
     authors = _names(20)
-    media = fields.Url(allow_none=True, schemes={"http", "https"})
+    media = fields.Url(
+        allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=MEDIA_MAX)
+    )
     publish_at = When(allow_none=True)
     published_at = When(allow_none=True)
     archive_after = When(allow_none=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from feedgen.feed import FeedGenerator
 
 from shared.models import Article
+from shared.text import xml_safe
 
 FEED_SIZE = 50
 
@@ -25,17 +26,17 @@ def atom(articles: list[Article], base: str, section: str | None, self_url: str)
     for article in articles:
         entry = feed.add_entry(order="append")
         entry.id(f"urn:uuid:{article.id}")
-        entry.title(article.title)
+        entry.title(xml_safe(article.title))
         entry.link(href=f"{base}/articles/{article.slug}")
         if article.published_at is not None:
             entry.published(article.published_at)
         entry.updated(article.updated_at)
         for name in article.authors or []:
-            entry.author({"name": name})
+            entry.author({"name": xml_safe(name)})
         if article.summary:
-            entry.summary(article.summary)
-        entry.content(article.body or "", type="html")
+            entry.summary(xml_safe(article.summary))
+        entry.content(xml_safe(article.body or ""), type="html")
         for tag in article.tags or []:
-            entry.category(term=tag)
+            entry.category(term=xml_safe(tag))
     result: bytes = feed.atom_str(pretty=True)
     return result

@@ -11,14 +11,13 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from services.publisher.pages import feeds
 from services.publisher.state import state
-from shared.content import sanitise_html
+from shared.content import SECTION_PATTERN, could_be_slug, sanitise_html
 from shared.models import Article
 from shared.models import ArticleStatus as S
 
 blp = Blueprint("pages", __name__, template_folder="templates")
 
 CACHE_SECONDS = 60
-SECTION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 VIDEO = re.compile(r"\.(mp4|webm|ogv|m3u8)(\?|$)", re.IGNORECASE)
 TAGS = re.compile(r"<[^>]+>")
 
@@ -54,6 +53,8 @@ def front_page() -> BaseResponse:
 
 @blp.get("/articles/<slug>")
 def article_page(slug: str) -> BaseResponse:
+    if not could_be_slug(slug):  # nothing to look up (and PostgreSQL refuses NUL in text)
+        abort(404)
     with state().db.reader() as session:
         article = session.scalar(select(Article).where(Article.slug == slug))
     if article is None or article.status in (S.DRAFT, S.SCHEDULED):
@@ -80,7 +81,7 @@ def site_feed() -> BaseResponse:
 
 @blp.get("/sections/<section>/feed.xml")
 def section_feed(section: str) -> BaseResponse:
-    if not SECTION.match(section):
+    if not SECTION_PATTERN.match(section):
         abort(404)
     return _feed(section)
 
