@@ -31,15 +31,20 @@ def broker_lists(queue: str) -> list[str]:
     return [f"{queue}{Channel.sep}{step}" if step else queue for step in PRIORITY_STEPS]
 
 
-# How every event consumer task is declared: acknowledged after it ran, transient failures
-# retried with a growing delay (capped well under a minute), then left to the dead letters.
+# How every event consumer task is declared: acknowledged after it ran, and a transient
+# failure (the database restarting, failing over) retried 1, 2, 4, then every 5 seconds for
+# as long as it lasts. Once relayed, the message is the only copy of its events in flight:
+# a task that gave up would be acknowledged and its events lost, and the dead letters live
+# in the very database that is away. Countdowns stay short (DESIGN: an unacked ETA task on
+# Redis comes back after the visibility timeout). Permanent failures never get here: the
+# consumer dead-letters them (shared.consumer).
 CONSUMER_TASK_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "ignore_result": True,
     "autoretry_for": RETRYABLE,
-    "retry_backoff": 2,
-    "retry_backoff_max": 30,
-    "max_retries": 8,
+    "retry_backoff": 1,
+    "retry_backoff_max": 5,
+    "max_retries": None,
 }
 
 

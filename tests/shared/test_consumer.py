@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from celery.exceptions import Retry
 from sqlalchemy import select
 
 from shared import consumer
+from shared.celery import CONSUMER_TASK_OPTIONS, create_celery
 from shared.consumer import Consumer
 from shared.errors import PermanentError, TransientError
 from shared.events import make_envelope
@@ -149,3 +151,31 @@ def test_a_redelivered_message_does_not_dead_letter_twice(database):
     assert redelivered == [consumer.DEAD, consumer.CONSUMED, consumer.DEAD]
     assert ledger(database) == [(event["id"], "archiver")]
     assert len(dead_letters(database)) == 2  # "garbage" and the unknown type, once each
+
+
+def test_a_transient_failure_is_retried_for_as_long_as_it_lasts(database, settings):
+    # Once relayed, the broker's message is the events' only copy in flight: however long
+    # the database is away, the task must keep trying, a few seconds apart, never give up.
+    failures = 20  # at up to 5 s apart, well over a minute away
+    calls: list[str] = []
+
+    def database_away(session, event):  # type: ignore[no-untyped-def]
+        calls.append(event["id"])
+        if len(calls) <= failures:
+            raise TransientError("database restarting")
+
+    app = create_celery(settings, "test")
+    app.conf.task_always_eager = True  # retries run at once, in this process
+
+    @app.task(name="test.consume", **CONSUMER_TASK_OPTIONS)
+    def consume(envelopes):  # type: ignore[no-untyped-def]
+        return Consumer("archiver", database, {"article.published": database_away}).consume_message(
+            envelopes
+        )
+
+    event = envelope()
+    with contextlib.suppress(Retry):
+        consume.apply(args=[[event]])
+    assert len(calls) == failures + 1
+    assert ledger(database) == [(event["id"], "archiver")]
+    assert CONSUMER_TASK_OPTIONS["retry_backoff_max"] <= 5  # DESIGN: no long countdowns
