@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, select, update
 
-from shared.bus import CONSUMERS, ROUTES, CelerySender, send_in_messages
+from shared.bus import CONSUMERS, ROUTES, CelerySender, Sender, send_in_messages
 from shared.celery import broker_lists
 from shared.db import Database, utcnow
 from shared.events import envelopes_in
@@ -123,23 +123,42 @@ def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Sna
 
 
 def replay_dead_letters(
-    db: Database, sender: CelerySender, consumer: str | None = None, ids: list[int] | None = None
+    db: Database, sender: Sender, consumer: str | None = None, ids: list[int] | None = None
 ) -> int:
-    """Send dead letters back to their consumer's queue (after a fix); returns how many."""
+    """Send dead letters back to their consumer's queue (after a fix); returns how many.
+
+    Each letter is marked replayed, and that committed, before it is sent: a worker that
+    fails the event again at once must find no open letter for it and write a new one. (Sent
+    first and marked after, the new failure found the old letter still open and was folded
+    into it, and the mark then closed it: the failure vanished.) If the broker refuses, the
+    marks are taken back. On PostgreSQL two replays at once never claim the same letter.
+    """
     query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None)).order_by(DeadLetter.id)
     if consumer:
         query = query.where(DeadLetter.consumer == consumer)
     if ids:
         query = query.where(DeadLetter.id.in_(ids))
+    now = utcnow()
     with db.transaction() as session:
-        letters = list(session.scalars(query))
+        letters = list(session.scalars(query.with_for_update(skip_locked=True)))
+        for letter in letters:
+            letter.replayed_at = now
+    try:
         with sender.open() as send:
             for queue in sorted({letter.consumer for letter in letters}):
                 mine = [letter for letter in letters if letter.consumer == queue]
                 send_in_messages(send, queue, _envelopes(letter.payload for letter in mine))
-        now = utcnow()
-        for letter in letters:
-            letter.replayed_at = now
+    except Exception:
+        with db.transaction() as session:
+            session.execute(
+                update(DeadLetter)
+                .where(
+                    DeadLetter.id.in_([letter.id for letter in letters]),
+                    DeadLetter.replayed_at == now,
+                )
+                .values(replayed_at=None)
+            )
+        raise
     return len(letters)
 
 

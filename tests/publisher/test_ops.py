@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from sqlalchemy import select
 
 from shared import ops
-from shared.bus import CelerySender
+from shared.bus import CelerySender, Send
 from shared.celery import create_celery
 from shared.consumer import Consumer
 from shared.db import new_id
@@ -68,6 +71,42 @@ def test_dead_letters_can_be_replayed_to_their_queue(database, sender, redis_url
         {"id": "x", "type": "article.exploded"}
     ]
     assert ops.replay_dead_letters(database, sender) == 0  # each is replayed once
+
+
+class StraightToAWorker:
+    """A broker whose worker takes each message the moment it is sent."""
+
+    def __init__(self, worker: Consumer):
+        self.worker = worker
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Send]:
+        yield lambda queue, envelopes: self.worker.consume_message(envelopes)
+
+
+def test_a_replayed_letter_that_fails_again_at_once_is_kept(database):
+    still_broken = Consumer("archiver", database, {})
+    still_broken.consume({"id": "x", "type": "article.exploded"})
+    assert ops.replay_dead_letters(database, StraightToAWorker(still_broken)) == 1
+    with database.sessionmaker() as session:
+        letters = session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all()
+    assert [letter.replayed_at is None for letter in letters] == [False, True]
+    assert ops.replay_dead_letters(database, StraightToAWorker(still_broken)) == 1
+
+
+def test_a_replay_the_broker_refuses_leaves_the_letters_to_replay(database):
+    class BrokerDown:
+        @contextlib.contextmanager
+        def open(self) -> Iterator[Send]:
+            raise ConnectionError("broker down")
+            yield  # pragma: no cover
+
+    Consumer("archiver", database, {}).consume({"id": "x", "type": "article.exploded"})
+    with pytest.raises(ConnectionError):
+        ops.replay_dead_letters(database, BrokerDown())
+    with database.sessionmaker() as session:
+        [letter] = session.scalars(select(DeadLetter)).all()
+    assert letter.replayed_at is None
 
 
 def test_a_whole_message_dead_lettered_by_an_older_worker_goes_back_event_by_event(
