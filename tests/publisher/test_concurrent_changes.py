@@ -51,7 +51,9 @@ def test_publishing_an_article_someone_is_publishing_is_a_conflict(client, edito
     with database.sessionmaker() as session:
         published = session.query(OutboxEvent).filter_by(article_id=aid).all()
         assert [e.type for e in published] == ["article.published"]
-        changes = session.query(ArticleHistory).filter_by(article_id=aid).all()
+        changes = (
+            session.query(ArticleHistory).filter_by(article_id=aid).order_by(ArticleHistory.id)
+        )
         assert [(h.from_status, h.to_status) for h in changes] == [
             (None, "draft"),
             ("draft", "published"),
