@@ -6,10 +6,10 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from services.publisher import create_app
-from shared.db import Database, utcnow
+from shared.db import PING_AFTER_IDLE_S, Database, utcnow
 from shared.models import ApiToken
 from shared.tokens import KnownTokens
 from tests.publisher.helpers import article, row_counts
@@ -129,6 +129,27 @@ def test_unreachable_database_is_503(settings):
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json["checks"]["database"] is False
+
+
+def test_a_request_after_the_database_dropped_its_connections_succeeds(client, editor, database):
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite file has no connections to drop")
+    assert client.get("/api/v1/articles", headers=editor).status_code == 200  # pooled now
+    admin = Database(database.engine.url.render_as_string(hide_password=False))
+    with admin.transaction() as session:  # as a restart or a failover would
+        dropped = session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state = 'idle'"
+            )
+        ).all()
+    admin.dispose()
+    assert dropped
+    time.sleep(PING_AFTER_IDLE_S + 0.2)  # the pool sat idle meanwhile
+    response = client.post("/api/v1/articles", json=article(), headers=editor)
+    assert response.status_code == 201, response.json
+    assert client.get("/api/v1/articles", headers=editor).status_code == 200
 
 
 def test_ready_when_database_and_broker_answer(client):
