@@ -1,8 +1,8 @@
 """The base both workers consume with: validate, skip what the ledger has, dispatch, record.
 
 Idempotency: the ledger row (event id, consumer) is inserted in the same transaction as the
-handler's effect, and its primary key makes a second insert fail, so an event redelivered by
-the broker (worker killed before ack, relay retry) has its effect at most once.
+handler's effect, before it, and only if absent: an event redelivered by the broker (worker
+killed before ack, relay retry) finds its row and has its effect at most once.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db import Database
+from shared.db import Database, insert_unless_present, utcnow
 from shared.errors import PermanentError, TransientError
 from shared.events import envelopes_in, parse_envelope
 from shared.models import ConsumedEvent, DeadLetter
@@ -66,10 +66,9 @@ class Consumer:
         if len(parsed) > 1:
             try:
                 with self.db.transaction() as session:
-                    seen = self._seen(session, [event["id"] for _, event in parsed])
-                    for index, event in parsed:
-                        outcomes[index] = self._handle(session, event, seen)
-                    self._record(session, [e for i, e in parsed if outcomes[i] == CONSUMED])
+                    handled = self._handle(session, [event for _, event in parsed])
+                for (index, _), outcome in zip(parsed, handled, strict=True):
+                    outcomes[index] = outcome
             except Exception:  # rolled back: each event alone shows which one it was
                 outcomes = [o if o == DEAD else None for o in outcomes]
             else:
@@ -88,11 +87,7 @@ class Consumer:
     def _consume_one(self, raw: object, event: dict[str, Any]) -> str:
         try:
             with self.db.transaction() as session:
-                outcome = self._handle(session, event, self._seen(session, [event["id"]]))
-                self._record(session, [event] if outcome == CONSUMED else [])
-        except IntegrityError:
-            # Another delivery of the same event committed first: its effect stands.
-            return DUPLICATE
+                [outcome] = self._handle(session, [event])
         except RETRYABLE:
             raise
         except PermanentError as exc:
@@ -103,32 +98,40 @@ class Consumer:
         self._log(event, outcome)
         return outcome
 
-    def _handle(self, session: Session, event: dict[str, Any], seen: set[str]) -> str:
-        """Run the event's handler, unless it is a duplicate; the caller records it."""
-        if event["id"] in seen:
-            return DUPLICATE
-        seen.add(event["id"])  # the same event twice in one batch
-        handler = self.handlers.get(event["type"])
-        if handler is not None:
-            handler(session, event)
-        return CONSUMED
+    def _handle(self, session: Session, events: list[dict[str, Any]]) -> list[str]:
+        """Claim the events in the ledger, then run the handlers of those this claimed.
 
-    def _record(self, session: Session, handled: list[dict[str, Any]]) -> None:
-        """The ledger rows of the events handled, in one statement of the same transaction
-        (a unit-of-work object per row cost a quarter of a consumer's time)."""
-        if handled:
-            session.execute(
-                insert(ConsumedEvent),
-                [
-                    {
-                        "event_id": event["id"],
-                        "consumer": self.name,
-                        "event_type": event["type"],
-                        "article_id": event["data"]["article_id"],
-                    }
-                    for event in handled
-                ],
-            )
+        One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` writes the ledger rows: an
+        event already there is a duplicate, and one a concurrent delivery is writing right
+        now is waited for (its uniqueness check holds this insert) and then skipped. The
+        handlers' effects commit with the rows or not at all.
+        """
+        claimed = self._claim(session, events)
+        outcomes = []
+        for event in events:
+            if event["id"] not in claimed:
+                outcomes.append(DUPLICATE)
+                continue
+            claimed.discard(event["id"])  # the same event twice in one message: once
+            handler = self.handlers.get(event["type"])
+            if handler is not None:
+                handler(session, event)
+            outcomes.append(CONSUMED)
+        return outcomes
+
+    def _claim(self, session: Session, events: list[dict[str, Any]]) -> set[str]:
+        rows = [
+            {
+                "event_id": event["id"],
+                "consumer": self.name,
+                "event_type": event["type"],
+                "article_id": event["data"]["article_id"],
+                "consumed_at": utcnow(),
+            }
+            for event in events
+        ]
+        claim = insert_unless_present(session, ConsumedEvent).returning(ConsumedEvent.event_id)
+        return set(session.scalars(claim, rows))
 
     def _log(self, event: dict[str, Any], outcome: str | None) -> None:
         if outcome == DUPLICATE:
@@ -138,14 +141,6 @@ class Consumer:
             log.info(
                 "%s consumed %s %s for article %s", self.name, event["type"], event["id"], article
             )
-
-    def _seen(self, session: Session, event_ids: list[str]) -> set[str]:
-        found = session.scalars(
-            select(ConsumedEvent.event_id).where(
-                ConsumedEvent.consumer == self.name, ConsumedEvent.event_id.in_(event_ids)
-            )
-        )
-        return set(found)
 
     def dead_letter(self, raw: object, reason: str, event_id: str | None = None) -> str:
         """Keep what could not be handled, once: a message the broker redelivers (its other

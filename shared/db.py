@@ -13,9 +13,11 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import Any
 
 import uuid_utils
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -71,6 +73,14 @@ def new_id(at: datetime | None = None) -> str:
     # The time field counts from 1970: an older story (an archive goes back further) is
     # dated at its start, still before everything published since.
     return str(uuid_utils.uuid7(nanoseconds=max(0, int(at.timestamp() * 1_000_000_000))))
+
+
+def insert_unless_present(session: Session, model: type[Base]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database: rows whose key is
+    already there are skipped (with RETURNING, only the rows inserted come back)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).on_conflict_do_nothing()
 
 
 def make_engine(url: str, *, wal_autocheckpoint: int | None = None, **kwargs: object) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 from celery.exceptions import Retry
@@ -179,3 +180,34 @@ def test_a_transient_failure_is_retried_for_as_long_as_it_lasts(database, settin
     assert len(calls) == failures + 1
     assert ledger(database) == [(event["id"], "archiver")]
     assert CONSUMER_TASK_OPTIONS["retry_backoff_max"] <= 5  # DESIGN: no long countdowns
+
+
+def test_two_deliveries_at_once_have_one_effect(database):
+    # The broker redelivered a message while the first delivery was still being handled
+    # (a visibility timeout ran out): the second waits for the first, then skips the event.
+    event = envelope()
+    effects: list[str] = []
+    answers: dict[str, list[str]] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(session, event):  # type: ignore[no-untyped-def]
+        effects.append("first")
+        inside.set()
+        release.wait(5)
+
+    def deliver(name: str, handler) -> threading.Thread:  # type: ignore[no-untyped-def]
+        worker = Consumer("archiver", database, {"article.published": handler})
+        thread = threading.Thread(target=lambda: answers.update({name: worker.consume(event)}))
+        thread.start()
+        return thread
+
+    first = deliver("first", slow)
+    assert inside.wait(5)
+    second = deliver("second", lambda session, event: effects.append("second"))
+    second.join(0.5)  # it must wait for the first delivery's transaction
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert answers == {"first": consumer.CONSUMED, "second": consumer.DUPLICATE}
+    assert effects == ["first"]
+    assert ledger(database) == [(event["id"], "archiver")]
