@@ -29,7 +29,11 @@ def up() -> None:
     """Start the whole stack in the foreground (Ctrl-C stops it)."""
     from services.stack import up as run_stack
 
-    sys.exit(run_stack(_settings()))
+    try:
+        code = run_stack(_settings())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 @main.group()
@@ -245,11 +249,17 @@ def events_replay(since: datetime, consumer: str | None) -> None:
     help="Status of imported rows (published rows keep their published_at).",
 )
 def import_csv(path: Path, status: str) -> None:
-    """Bulk-import articles from a CSV (title, body; optional section, tags, published_at)."""
-    from services.publisher.importer import import_file
+    """Bulk-import articles from a CSV (title, body; optional section, tags, published_at).
+
+    The file is checked whole before anything is written, and the good rows go in together
+    or not at all."""
+    from services.publisher.importer import ImportFailed, import_file
 
     settings = _settings()
-    report = import_file(settings, path, status=status, progress=_progress)
+    try:
+        report = import_file(settings, path, status=status, progress=_progress)
+    except ImportFailed as exc:
+        raise click.ClickException(f"{path}: {exc}; nothing was imported") from None
     for problem in report.rejected:
         click.echo(f"line {problem.line}: {problem.reason}", err=True)
     click.echo(

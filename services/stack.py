@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
 from shared.db import make_engine
 from shared.embedded_redis import server_argv, wait_until_ready
+from shared.errors import ConfigError
 from shared.migrate import upgrade
 
 STOP_GRACE_S = 15
 PR_SET_PDEATHSIG = 1
+SOCKET_PATH_MAX = 107  # bytes of a unix socket's path on Linux (sun_path is 108)
 
 
 def _die_with_parent() -> None:
@@ -123,8 +129,43 @@ def plan(settings: Settings) -> list[Child]:
     return children
 
 
+@contextlib.contextmanager
+def holding_var_dir(var_dir: Path) -> Iterator[None]:
+    """One stack per VAR_DIR: a second one would start a Redis on the same socket and
+    append-only file, and, stopping, delete the socket the first one's processes use."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(var_dir / "stack.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:  # released by the kernel however this process ends
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"a stack is already running with VAR_DIR={var_dir}; stop it, or give this"
+                " one another VAR_DIR (and PORT)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_before_start(settings: Settings) -> None:
+    """What would otherwise fail later, as a timeout or a traceback."""
+    socket = str(settings.redis_socket)
+    if settings.embedded_redis and len(socket.encode()) > SOCKET_PATH_MAX:
+        raise ConfigError(
+            f"VAR_DIR is too long for the embedded Redis's socket ({socket!r} is over"
+            f" {SOCKET_PATH_MAX} bytes): use a shorter VAR_DIR"
+        )
+
+
 def up(settings: Settings) -> int:
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    """Run the stack until Ctrl-C, SIGTERM or a child's exit; returns the exit code."""
+    check_before_start(settings)
+    with holding_var_dir(settings.var_dir):
+        return _run(settings)
+
+
+def _run(settings: Settings) -> int:
     env = dict(os.environ, VAR_DIR=str(settings.var_dir), PYTHONUNBUFFERED="1")
     out_lock = threading.Lock()
     stop = threading.Event()
@@ -157,6 +198,9 @@ def upgrade_database(settings: Settings, out_lock: threading.Lock) -> None:
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(f"cannot reach the database at {where}: {exc.orig}") from None
     finally:
         engine.dispose()
     _say(out_lock, "database schema is up to date")

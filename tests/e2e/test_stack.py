@@ -34,6 +34,7 @@ def processes_with(marker: str) -> list[int]:
 
 
 def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, settings):
+    # ... and refuses a second stack on the same VAR_DIR, which would take over its Redis.
     var_dir = tmp_path / "stack"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
@@ -58,6 +59,13 @@ def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, settings
                 return False
 
         assert wait_for(ready, 90, 0.5), output()
+        second = subprocess.run(  # the same VAR_DIR: refused, and the first one unharmed
+            [sys.executable, "-m", "services.cli", "up"],
+            cwd=ROOT, env={**env, "PORT": str(free_port())}, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "a stack is already running with VAR_DIR=" in second.stderr
         token = subprocess.run(
             [sys.executable, "-m", "services.cli", "token", "create", "--role", "editor"],
             cwd=ROOT, env=env, capture_output=True, text=True, check=True,
