@@ -109,6 +109,30 @@ def test_front_page_lists_the_latest_published(client, editor, publish):
     assert "Unpublished draft" not in html
 
 
+@pytest.mark.parametrize("path", ["/", "/feed.xml", "/sections/world/feed.xml"])
+def test_listings_are_revalidated_when_a_listed_story_changes(client, editor, publish, path):
+    older = publish(title="Older story")
+    publish(title="Newer story")  # the newest: what the old ETag was made of
+    etag = client.get(path).headers["ETag"]
+    assert client.get(path, headers={"If-None-Match": etag}).status_code == 304
+
+    client.patch(f"/api/v1/articles/{older['id']}", json={"title": "Corrected"}, headers=editor)
+    corrected = client.get(path, headers={"If-None-Match": etag})
+    assert corrected.status_code == 200 and "Corrected" in corrected.get_data(as_text=True)
+
+    etag = corrected.headers["ETag"]
+    client.post(f"/api/v1/articles/{older['id']}/retract", headers=editor)
+    retracted = client.get(path, headers={"If-None-Match": etag})
+    assert retracted.status_code == 200 and "Corrected" not in retracted.get_data(as_text=True)
+    assert "Newer story" in retracted.get_data(as_text=True)
+
+
+def test_meta_description_from_the_body_is_escaped_once(client, publish):
+    story = publish(summary="", body="<p>Fish &amp; chips <b>tonight</b></p>")
+    html = page(client, story["slug"]).get_data(as_text=True)
+    assert '<meta name="description" content="Fish &amp; chips tonight">' in html
+
+
 def test_feed_lists_only_published_stories_and_parses_cleanly(client, editor, publish):
     fresh = publish(title="Fresh story", section="news", tags=["politics"])
     archived = publish(title="Archived story", section="news")

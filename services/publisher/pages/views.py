@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import re
 
 from flask import Blueprint, Response, abort, render_template, request
@@ -31,6 +33,15 @@ def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Ar
         return list(session.scalars(query))
 
 
+def _listing_etag(kind: str, articles: list[Article]) -> str:
+    """Changes when any listed story changes (its version) or the list itself does: a
+    corrected headline or a retracted story must not be served from a cache."""
+    digest = hashlib.blake2b(digest_size=12)
+    for article in articles:
+        digest.update(f"{article.id}:{article.version};".encode())
+    return f"{kind}-{digest.hexdigest()}"
+
+
 def _cacheable(response: Response, etag: str) -> BaseResponse:
     response.cache_control.public = True
     response.cache_control.max_age = CACHE_SECONDS
@@ -39,16 +50,16 @@ def _cacheable(response: Response, etag: str) -> BaseResponse:
 
 
 def description(article: Article, length: int = 160) -> str:
-    text = article.summary or " ".join(TAGS.sub(" ", article.body or "").split())
+    """The summary, or the body's opening words as text (the template escapes it once)."""
+    text = article.summary or " ".join(html.unescape(TAGS.sub(" ", article.body or "")).split())
     return text if len(text) <= length else text[: length - 1].rsplit(" ", 1)[0] + "…"
 
 
 @blp.get("/")
 def front_page() -> BaseResponse:
     articles = _latest(limit=20)
-    html = render_template("front.html", articles=articles, base=state().settings.public_base_url)
-    newest = articles[0].updated_at.isoformat() if articles else "empty"
-    return _cacheable(Response(html), f"front-{len(articles)}-{newest}")
+    page = render_template("front.html", articles=articles, base=state().settings.public_base_url)
+    return _cacheable(Response(page), _listing_etag("front", articles))
 
 
 @blp.get("/articles/<slug>")
@@ -60,9 +71,9 @@ def article_page(slug: str) -> BaseResponse:
     if article is None or article.status in (S.DRAFT, S.SCHEDULED):
         abort(404)
     if article.status == S.RETRACTED:
-        html = render_template("retracted.html", article=article)
-        return Response(html, status=410)
-    html = render_template(
+        page = render_template("retracted.html", article=article)
+        return Response(page, status=410)
+    page = render_template(
         "article.html",
         article=article,
         body=sanitise_html(article.body or ""),  # cleaned on the way in; again on the way out
@@ -71,7 +82,7 @@ def article_page(slug: str) -> BaseResponse:
         is_video=bool(article.media and VIDEO.search(article.media)),
         related=[],
     )
-    return _cacheable(Response(html), f"{article.id}-v{article.version}-{article.status}")
+    return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}")
 
 
 @blp.get("/feed.xml")
@@ -90,8 +101,7 @@ def _feed(section: str | None) -> BaseResponse:
     articles = _latest(section)
     xml = feeds.atom(articles, state().settings.public_base_url, section, request.url)
     response = Response(xml, mimetype="application/atom+xml")
-    newest = articles[0].updated_at.isoformat() if articles else "empty"
-    return _cacheable(response, f"feed-{section}-{len(articles)}-{newest}")
+    return _cacheable(response, _listing_etag(f"feed-{section or ''}", articles))
 
 
 @blp.errorhandler(HTTPException)
