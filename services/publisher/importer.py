@@ -1,8 +1,13 @@
 """``pressroom import FILE.csv``: load a back catalogue in bulk, with every row checked.
 
-Rows are validated like API input, inserted in chunks with one multi-row INSERT per table
-(articles, history, outbox), and each published row gets its ``article.published`` event
-(marked ``origin: import`` so the notifier does not mail subscribers about old stories).
+The whole file is read and checked first: a file that cannot be read as CSV (not UTF-8, a
+broken quote, no ``title`` and ``body`` columns, nothing in it) stops the import before
+anything is written, naming the line. Rows are validated like API input, and each bad one
+is reported by the line its record starts on. The good rows then go in as one transaction,
+with one multi-row INSERT per table and chunk (articles, history, outbox): an import that
+fails part-way leaves nothing behind, so running it again never doubles a story. Each
+published row gets its ``article.published`` event (marked ``origin: import`` so the notifier
+does not mail subscribers about old stories).
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
 from services.publisher.articles.schemas import SECTION
 from shared import events
-from shared.bus import CelerySender, Relay
+from shared.bus import CelerySender, Relay, batched
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
@@ -31,7 +37,13 @@ from shared.text import Text, When
 
 CHUNK = 1000
 HTML_TAG = re.compile(r"<[a-zA-Z][^>]*>")
-csv.field_size_limit(10 << 20)
+FIELD_LIMIT = 10 << 20  # characters in one field; a body may hold at most 500,000
+csv.field_size_limit(FIELD_LIMIT)
+REQUIRED = ("title", "body")
+
+
+class ImportFailed(Exception):
+    """The file cannot be imported at all; nothing was written."""
 
 
 class ImportRowSchema(Schema):
@@ -46,9 +58,7 @@ class ImportRowSchema(Schema):
 
     @pre_load
     def _from_csv(self, row: dict[str, Any], **_: object) -> dict[str, Any]:
-        out = {
-            k.strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k
-        }
+        out = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
         for name in ("section", "published_at"):
             if out.get(name) == "":
                 out[name] = None
@@ -74,22 +84,51 @@ class ImportReport:
 Progress = Callable[[int], Any]
 
 
-def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(line the record starts on, characters read so far, row) for each CSV record."""
-    read = 0
+def _decoded(path: Path, read: list[int]) -> Iterator[str]:
+    """The file's lines as text, strictly UTF-8 (a BOM is dropped); ``read[0]`` counts the
+    bytes read so far. Decoded line by line, so an error names its own line."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            read[0] += len(raw)
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ImportFailed(
+                    f"line {number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column"
+                    f" {exc.start + 1}); save the file as UTF-8 and import it again"
+                ) from None
 
-    def lines(fh: TextIO) -> Iterator[str]:
-        nonlocal read
-        for text in fh:
-            read += len(text)
-            yield text
 
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(lines(fh))
-        previous = 1  # the header
-        for row in reader:
-            yield previous + 1, read, row
-            previous = reader.line_num
+def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
+    """(line the record starts on, bytes read so far, row or the reason it is malformed).
+
+    csv.reader hands back each blank line as an empty record, so the line a record starts
+    on is always the line after the previous record (or blank line) ended.
+    """
+    read = [0]
+    reader = csv.reader(_decoded(path, read))
+    try:
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = [name for name in REQUIRED if name not in header]
+        if not header or missing:
+            found = ", ".join(header) or "nothing"
+            raise ImportFailed(
+                f"line 1: the header must name the columns title and body (found: {found})"
+            )
+        ended = reader.line_num
+        for fields_ in reader:
+            start, ended = ended + 1, reader.line_num
+            if not fields_:
+                continue
+            if len(fields_) > len(header):
+                yield start, read[0], (
+                    f"row: {len(fields_)} fields but the header has {len(header)}"
+                    " (a comma in an unquoted field?)"
+                )
+                continue
+            yield start, read[0], dict(zip(header, fields_, strict=False))
+    except csv.Error as exc:
+        raise ImportFailed(f"line {reader.line_num}: not valid CSV: {exc}") from None
 
 
 def _describe(error: ValidationError) -> str:
@@ -116,25 +155,27 @@ def _load(db: Database, path: Path, status: str, progress: Progress | None) -> I
     schema = ImportRowSchema()
     with db.sessionmaker() as session:
         taken = set(session.scalars(select(Article.slug)))
-    batch: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     bar = progress(path.stat().st_size) if progress else None
     done = 0
     with bar if bar is not None else nullcontext():
         for line, offset, raw in _rows(path):
-            try:
-                row = schema.load(raw)
-            except ValidationError as exc:
-                report.rejected.append(Rejected(line, _describe(exc)))
-                continue
-            batch.append(_article_row(row, status, taken))
-            if len(batch) >= CHUNK:
-                report.imported += _insert(db, batch)
-                batch = []
+            if isinstance(raw, str):
+                report.rejected.append(Rejected(line, raw))
+            else:
+                try:
+                    rows.append(_article_row(schema.load(raw), status, taken))
+                except ValidationError as exc:
+                    report.rejected.append(Rejected(line, _describe(exc)))
             if bar is not None:
                 bar.update(offset - done)
                 done = offset
-        if batch:
-            report.imported += _insert(db, batch)
+    if not rows and not report.rejected:
+        raise ImportFailed("the file holds no rows to import")
+    with db.transaction() as session:  # all of it or nothing
+        for chunk in batched(rows, CHUNK):
+            _insert(session, list(chunk))
+    report.imported = len(rows)
     return report
 
 
@@ -170,7 +211,7 @@ def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str,
     }
 
 
-def _insert(db: Database, batch: list[dict[str, Any]]) -> int:
+def _insert(session: Session, batch: list[dict[str, Any]]) -> None:
     history = [
         {
             "article_id": a["id"],
@@ -198,9 +239,7 @@ def _insert(db: Database, batch: list[dict[str, Any]]) -> int:
                 "attempts": 0,
             }
         )
-    with db.transaction() as session:
-        session.execute(insert(Article), batch)
-        session.execute(insert(ArticleHistory), history)
-        if outbox:
-            session.execute(insert(OutboxEvent), outbox)
-    return len(batch)
+    session.execute(insert(Article), batch)
+    session.execute(insert(ArticleHistory), history)
+    if outbox:
+        session.execute(insert(OutboxEvent), outbox)

@@ -71,3 +71,55 @@ def test_import_loads_the_bbc_sample(settings, database):
     with database.sessionmaker() as session:
         slugs = session.scalar(select(func.count(func.distinct(Article.slug))))
     assert slugs == 1815
+
+
+def write_csv(path, rows) -> None:  # type: ignore[no-untyped-def]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def article_count(database) -> int:  # type: ignore[no-untyped-def]
+    with database.sessionmaker() as session:
+        return session.scalar(select(func.count()).select_from(Article)) or 0
+
+
+def test_a_file_that_is_not_utf8_is_refused_whole_naming_the_line(tmp_path, settings, database):
+    path = tmp_path / "latin1.csv"
+    rows = [["title", "body"]] + [[f"Story {n}", "Body"] for n in range(1500)]
+    write_csv(path, rows)
+    with open(path, "ab") as fh:
+        fh.write("Caf\u00e9 story,Body\n".encode("latin-1"))
+    result = run_import(settings, path)
+    assert result.returncode == 1
+    assert "line 1502: not UTF-8 text (byte 0xe9 at column 4)" in result.stderr
+    assert "nothing was imported" in result.stderr and "Traceback" not in result.stderr
+    assert article_count(database) == 0
+
+
+def test_a_row_with_more_fields_than_the_header_is_rejected_not_cut(tmp_path, settings, database):
+    path = tmp_path / "commas.csv"
+    path.write_text("title,body\n\n\nComma story,hello, world\nFine story,All here\n")
+    result = run_import(settings, path)
+    assert result.returncode == 0, result.stderr
+    assert "line 4: row: 3 fields but the header has 2" in result.stderr  # after 2 blank lines
+    assert result.stdout.strip() == "1"
+    with database.sessionmaker() as session:
+        assert session.scalars(select(Article.title)).all() == ["Fine story"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the header must name the columns title and body (found: nothing)"),
+        ('{"title": "a json file"}\n', "the header must name the columns title and body"),
+        ("headline,text\nA,B\n", "found: headline, text"),
+        ("title,body\n", "the file holds no rows to import"),
+        ('title,body\n"Open quote,' + "x" * (11 << 20) + "\n", "line 2: not valid CSV"),
+    ],
+)
+def test_a_file_that_is_no_import_fails_with_a_message(tmp_path, settings, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = run_import(settings, path)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
