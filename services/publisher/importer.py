@@ -121,14 +121,8 @@ def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
             if not fields_:
                 continue
             if len(fields_) > len(header):
-                yield (
-                    start,
-                    read[0],
-                    (
-                        f"row: {len(fields_)} fields but the header has {len(header)}"
-                        " (a comma in an unquoted field?)"
-                    ),
-                )
+                extra = f"row: {len(fields_)} fields but the header has {len(header)}"
+                yield start, read[0], f"{extra} (a comma in an unquoted field?)"
                 continue
             yield start, read[0], dict(zip(header, fields_, strict=False))
     except csv.Error as exc:
