@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -158,16 +160,29 @@ def queues(as_json: bool) -> None:
     )
     if as_json:
         click.echo(json.dumps(snap.as_dict(), indent=2))
-        return
+    else:
+        click.echo(f"{'queue':<10} {'depth':>7} {'oldest':>9}  dead letters")
+        for q in snap.queues:
+            depth = "?" if q.depth is None else str(q.depth)
+            age = f"{q.oldest_age_s:.1f}s" if q.oldest_age_s is not None else "-"
+            click.echo(f"{q.name:<10} {depth:>7} {age:>9}  {snap.dead_letters.get(q.name, 0)}")
+        lag = f"{snap.outbox_lag_s:.1f}s" if snap.outbox_lag_s is not None else "-"
+        in_flight = "?" if snap.in_flight is None else snap.in_flight
+        click.echo(f"in flight: {in_flight}   outbox pending: {snap.outbox_pending} (lag {lag})")
+        click.echo(f"workers: {', '.join(snap.workers) or 'none answering'}")
     if not snap.broker_ok:
-        click.echo("broker: NOT ANSWERING", err=True)
-    click.echo(f"{'queue':<10} {'depth':>7} {'oldest':>9}  dead letters")
-    for q in snap.queues:
-        age = f"{q.oldest_age_s:.1f}s" if q.oldest_age_s is not None else "-"
-        click.echo(f"{q.name:<10} {q.depth:>7} {age:>9}  {snap.dead_letters.get(q.name, 0)}")
-    lag = f"{snap.outbox_lag_s:.1f}s" if snap.outbox_lag_s is not None else "-"
-    click.echo(f"in flight: {snap.in_flight}   outbox pending: {snap.outbox_pending} (lag {lag})")
-    click.echo(f"workers: {', '.join(snap.workers) or 'none answering'}")
+        raise click.ClickException("the broker is not answering: queue depths are unknown")
+
+
+@contextlib.contextmanager
+def _broker_answers(then: str) -> Iterator[None]:
+    """A broker that does not answer is a one-line error, not a traceback."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        raise click.ClickException(f"the broker did not answer ({exc}); {then}") from None
 
 
 @main.group()
@@ -213,7 +228,10 @@ def dlq_replay(consumer: str | None, ids: tuple[int, ...]) -> None:
 
     settings = _settings()
     sender = CelerySender(create_celery(settings, "cli"))
-    count = ops.replay_dead_letters(Database(settings.database_url), sender, consumer, list(ids))
+    with _broker_answers("the letters stay to replay"):
+        count = ops.replay_dead_letters(
+            Database(settings.database_url), sender, consumer, list(ids)
+        )
     click.echo(f"replayed {count} dead letters")
 
 
@@ -235,7 +253,8 @@ def events_replay(since: datetime, consumer: str | None) -> None:
     settings = _settings()
     sender = CelerySender(create_celery(settings, "cli"))
     since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-    sent = ops.replay_events(Database(settings.database_url), sender, since, consumer)
+    with _broker_answers("run it again once it is back; the ledgers skip what was already sent"):
+        sent = ops.replay_events(Database(settings.database_url), sender, since, consumer)
     for queue, count in sent.items():
         click.echo(f"{queue}: resent {count} events")
 

@@ -28,14 +28,14 @@ UNACKED_INDEX = "unacked_index"
 @dataclass
 class QueueState:
     name: str
-    depth: int
+    depth: int | None  # None: the broker did not answer, so nobody knows
     oldest_age_s: float | None
 
 
 @dataclass
 class Snapshot:
     queues: list[QueueState]
-    in_flight: int
+    in_flight: int | None  # None when the broker did not answer
     outbox_pending: int
     outbox_lag_s: float | None
     dead_letters: dict[str, int]
@@ -102,8 +102,8 @@ def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Sna
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=now.tzinfo)
     result = Snapshot(
-        queues=[QueueState(name, 0, None) for name in CONSUMERS],
-        in_flight=0,
+        queues=[QueueState(name, None, None) for name in CONSUMERS],
+        in_flight=None,
         outbox_pending=int(pending),
         outbox_lag_s=(now - oldest).total_seconds() if oldest else None,
         dead_letters={name: int(dead.get(name, 0)) for name in CONSUMERS},

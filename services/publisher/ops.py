@@ -47,6 +47,8 @@ class SnapshotCollector(Collector):
             labels=["queue"],
         )
         for queue in snap.queues:
+            if queue.depth is None:  # broker down: no sample beats a false 0
+                continue
             depth.add_metric([queue.name], queue.depth)
             age.add_metric([queue.name], queue.oldest_age_s or 0.0)
         dead = GaugeMetricFamily(
@@ -57,11 +59,12 @@ class SnapshotCollector(Collector):
         yield depth
         yield age
         yield dead
-        yield GaugeMetricFamily(
-            "pressroom_in_flight",
-            "Messages taken by a worker, not yet acknowledged",
-            snap.in_flight,
-        )
+        if snap.in_flight is not None:
+            yield GaugeMetricFamily(
+                "pressroom_in_flight",
+                "Messages taken by a worker, not yet acknowledged",
+                snap.in_flight,
+            )
         yield GaugeMetricFamily(
             "pressroom_outbox_pending", "Events written but not yet relayed", snap.outbox_pending
         )

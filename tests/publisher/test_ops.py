@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from services.publisher import create_app
 from shared import ops
-from shared.bus import CelerySender, Send
+from shared.bus import CelerySender, Send, emit
 from shared.celery import create_celery
 from shared.consumer import Consumer
-from shared.db import new_id
+from shared.db import new_id, utcnow
 from shared.events import make_envelope
-from shared.models import DeadLetter
+from shared.models import DeadLetter, OutboxEvent
 from tests.brokers import queued
+from tests.e2e.conftest import ROOT, process_env
 from tests.publisher.helpers import article, relayed
 
 
@@ -163,3 +167,38 @@ def test_queues_command_prints_the_same_snapshot(client, editor, settings):
         cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "archiver" in table.stdout and "outbox pending: 0" in table.stdout
+
+
+DEAD_BROKER = "redis://127.0.0.1:1/0"
+
+
+def test_with_the_broker_down_depths_are_unknown_not_zero(make_settings, database, ops_token):
+    app = create_app(make_settings(redis_url=DEAD_BROKER), db=database)
+    headers = {"Authorization": f"Bearer {ops_token}"}
+    snap = app.test_client().get("/ops/queues", headers=headers).json
+    assert snap["broker_ok"] is False
+    assert [q["depth"] for q in snap["queues"]] == [None, None]
+    assert snap["in_flight"] is None
+    text = app.test_client().get("/metrics", headers=headers).get_data(as_text=True)
+    assert "pressroom_broker_up 0.0" in text
+    assert "pressroom_queue_depth{" not in text
+
+
+def test_cli_says_the_broker_is_down_in_a_line_and_fails(make_settings, database):
+    settings = make_settings(redis_url=DEAD_BROKER)
+    Consumer("archiver", database, {}).consume({"id": "x", "type": "article.exploded"})
+    with database.transaction() as session:  # relayed, then lost by a broker
+        emit(session, "article.published", {"article_id": new_id(), "version": 1})
+        session.execute(update(OutboxEvent).values(relayed_at=utcnow()))
+    since = "2000-01-01"
+    for args in (["queues"], ["dlq", "replay"], ["events", "replay", "--since", since]):
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "broker" in result.stderr
+    with database.sessionmaker() as session:
+        [letter] = session.scalars(select(DeadLetter)).all()
+    assert letter.replayed_at is None  # still there to replay
