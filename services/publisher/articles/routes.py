@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 from flask.views import MethodView
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.publisher.articles import queries, service
@@ -85,6 +86,31 @@ def _replay(session: Session, key: str) -> Response | None:
     return response
 
 
+def _create(data: dict[str, Any], key: str | None) -> Article | Response:
+    """The new article, or the replayed answer to an Idempotency-Key already used."""
+    with state().db.transaction() as session:
+        if key and (replayed := _replay(session, key)) is not None:
+            return replayed
+        article = service.create_article(session, data, current_caller().actor)
+        if key:
+            session.flush()
+            session.add(
+                IdempotencyRecord(
+                    token_id=current_caller().token_id,
+                    key=key,
+                    request_hash=_fingerprint(),
+                    status_code=201,
+                    response=ArticleSchema().dump(article),
+                )
+            )
+    return article
+
+
+def _replay_committed(key: str) -> Response | None:
+    with state().db.reader() as session:
+        return _replay(session, key)
+
+
 @blp.route("")
 class Articles(MethodView):
     decorators = editor_only
@@ -108,21 +134,17 @@ class Articles(MethodView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             fail(422, "Idempotency-Key must be 1 to 255 characters.")
-        with state().db.transaction() as session:
-            if key and (replayed := _replay(session, key)) is not None:
+        try:
+            article = _create(data, key)
+        except IntegrityError:
+            # A request that was committing at the same moment got there first: the same
+            # Idempotency-Key (answer as it was answered) or the same new slug (ask again:
+            # the slug it took is visible now, so this one gets the next).
+            if key and (replayed := _replay_committed(key)) is not None:
                 return replayed
-            article = service.create_article(session, data, current_caller().actor)
-            if key:
-                session.flush()
-                session.add(
-                    IdempotencyRecord(
-                        token_id=current_caller().token_id,
-                        key=key,
-                        request_hash=_fingerprint(),
-                        status_code=201,
-                        response=ArticleSchema().dump(article),
-                    )
-                )
+            article = _create(data, key)
+        if isinstance(article, Response):
+            return article
         state().relay.submit([article.id])
         return article, 201, _etag(article)
 
