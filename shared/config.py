@@ -65,7 +65,7 @@ class Settings:
     archive_policy: dict[str, int | None] = field(default_factory=dict)
     archive_sweep_seconds: int = 600
     archive_sweep_chunk: int = 2000
-    archive_sweep_chunk_ms: int = 100
+    archive_sweep_chunk_ms: int = 40
     archive_sweep_workers: int = 2
     outbox_sweep_seconds: int = 5
     schedule_sweep_seconds: int = 5
@@ -117,7 +117,7 @@ class Settings:
             archive_policy=parse_archive_policy(env.get("ARCHIVE_POLICY", "")),
             archive_sweep_seconds=_int(env, "ARCHIVE_SWEEP_SECONDS", 600),
             archive_sweep_chunk=_int(env, "ARCHIVE_SWEEP_CHUNK", 2000),
-            archive_sweep_chunk_ms=_int(env, "ARCHIVE_SWEEP_CHUNK_MS", 100),
+            archive_sweep_chunk_ms=_int(env, "ARCHIVE_SWEEP_CHUNK_MS", 40),
             archive_sweep_workers=_int(env, "ARCHIVE_SWEEP_WORKERS", 2),
             outbox_sweep_seconds=_int(env, "OUTBOX_SWEEP_SECONDS", 5),
             schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),
