@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db import Database, insert_unless_present, utcnow
+from shared.db import Database, insert_unless_present
 from shared.errors import PermanentError, TransientError
 from shared.events import envelopes_in, parse_envelope
 from shared.models import ConsumedEvent, DeadLetter
@@ -126,7 +126,6 @@ class Consumer:
                 "consumer": self.name,
                 "event_type": event["type"],
                 "article_id": event["data"]["article_id"],
-                "consumed_at": utcnow(),
             }
             for event in events
         ]
