@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import uuid_utils
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -87,7 +88,7 @@ def make_engine(url: str, *, wal_autocheckpoint: int | None = None, **kwargs: ob
     """Create an engine; SQLite gets WAL, a busy timeout and writer-first transactions.
 
     ``wal_autocheckpoint``: SQLite's pages threshold at which a commit copies the WAL back
-    into the database file (0: never; see :func:`checkpoints_in_background`).
+    into the database file (0: never; see :class:`Checkpoints`).
     """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -261,23 +262,20 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Database:
     """An engine and its session factory, built once per process from settings."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        wal_autocheckpoint: int | None = None,
-        writers: WriterQueue | None = None,
-        **engine_kwargs: object,
-    ):
-        """``writers``: the queue of another Database on the same SQLite file, to take turns
-        in with its writers (by default each Database has a queue of its own)."""
-        self.engine = make_engine(url, wal_autocheckpoint=wal_autocheckpoint, **engine_kwargs)
+    def __init__(self, url: str, **engine_kwargs: object):
+        path = make_url(url).database
+        on_file = url.startswith("sqlite") and path not in (None, "", ":memory:")
+        # On a SQLite file commits leave their pages in the WAL, for Checkpoints to copy.
+        self.engine = make_engine(url, wal_autocheckpoint=0 if on_file else None, **engine_kwargs)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         # For sessions that only read: on SQLite they do not queue for the write lock.
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         self.reader = sessionmaker(self.read_engine, expire_on_commit=False)
         sqlite = self.engine.dialect.name == "sqlite"
-        self._writers = writers or (WriterQueue(self.engine.url.database) if sqlite else None)
+        self._writers = WriterQueue(path) if sqlite else None
+        self.checkpoints = (
+            Checkpoints(path, self._writers) if on_file and path and self._writers else None
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -285,8 +283,12 @@ class Database:
         turn = self._writers.turn() if self._writers is not None else nullcontext()
         with turn, self.sessionmaker() as session, session.begin():
             yield session
+        if self.checkpoints is not None:
+            self.checkpoints.committed()
 
     def dispose(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         self.engine.dispose()
 
 
@@ -303,65 +305,80 @@ def analyze(db: Database, *tables: str) -> None:
             conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")
 
 
-@contextmanager
-def checkpoints_in_background(db: Database) -> Iterator[tuple[Database, Callable[[], None]]]:
-    """For a bulk writer on a SQLite file: a Database of its own whose commits leave their
-    pages in the WAL, and a function to call after each commit, which has a thread copy
-    them into the database file while the writer goes on.
+class Checkpoints:
+    """A thread of the process that copies the WAL into the SQLite file after commits.
 
-    Otherwise the commit that crosses ``wal_autocheckpoint`` copies the WAL and syncs the
-    file itself, a fifth of an archive sweep's time, inside its turn for the write lock,
-    where every editor's write waits for it. Elsewhere (PostgreSQL, a database in memory)
-    this hands back ``db`` and a function that does nothing.
-    """
-    path = db.engine.url.database
-    if is_postgres(db.engine) or path in (None, "", ":memory:"):
-        yield db, lambda: None
-        return
-    writer = Database(
-        db.engine.url.render_as_string(hide_password=False),
-        wal_autocheckpoint=0,
-        writers=db._writers,  # the same turns as the process's other writers
-    )
-    checkpointer = _Checkpointer(path)
-    try:
-        yield writer, checkpointer.committed
-    finally:
-        checkpointer.close()
-        writer.dispose()
+    SQLite's own checkpoint runs inside the commit that takes the WAL past 1,000 pages: that
+    request waits while the WAL is copied and the file synced, and holds its turn in
+    :class:`WriterQueue` meanwhile, so every writer queued behind it waits too. While an
+    archive sweep filled the WAL, that was an editor's article creation taking 350 ms. Here
+    a commit only tells the thread, which copies (PASSIVE: what no reader still needs, never
+    waiting for a writer) at most every ``PAUSE_S``, while the writers go on.
 
+    SQLite starts the WAL over only when a write begins with every frame already copied,
+    which never happens while writers keep committing during the copies: the WAL grew by
+    every commit's pages (280 MB over a 300,000-story sweep). So once a copy leaves more
+    than ``RESTART_FRAMES`` in the WAL, the thread copies the rest in a turn of its own in
+    the writers' queue; the next writer starts the WAL over.
 
-class _Checkpointer:
-    """A thread that copies the WAL into the database file after each commit it is told of.
-
-    While it copies, the writer goes on with its next transaction. But SQLite starts the
-    WAL file over only when a write begins with every frame already copied, which never
-    happens while copies and writes overlap: the WAL grew by a chunk's pages each chunk
-    (280 MB over a 300,000-story sweep). So every ``CATCH_UP``th commit the writer waits
-    for the copy to finish, and the WAL stays within that many chunks' pages. (A reader that
-    holds an older snapshot keeps its frames from being copied, and the WAL from starting
-    over, until it ends; a passive checkpoint copies what it can and the writer goes on.)
+    The thread starts on the first commit of each process (a forked worker has none of its
+    parent's threads); a checkpoint that fails is retried at the next commit.
     """
 
-    CATCH_UP = 8
+    PAUSE_S = 0.1
+    RESTART_FRAMES = 1000  # SQLite's own autocheckpoint threshold, in pages
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, writers: WriterQueue):
         self.path = path
-        self._state = threading.Condition()
-        self._told = 0  # commits the writer has announced
-        self._copied = 0  # of those, how many a finished checkpoint covered
-        self._closing = False
-        self._gone = False  # the thread has ended: nothing to wait for
-        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
-        self._thread.start()
+        self.writers = writers
+        self._owner_pid = 0
+        self._starting = threading.Lock()
 
     def committed(self) -> None:
-        """Called by the writer after each commit."""
-        with self._state:
+        """Called after each commit: the thread will copy it soon."""
+        state = self._running()
+        with state:
             self._told += 1
+            state.notify_all()
+
+    def catch_up(self, timeout: float = LOCK_TIMEOUT) -> None:
+        """Wait until every commit told so far is copied (or the thread is gone)."""
+        if self._owner_pid != os.getpid():
+            return
+        with self._state:
+            told = self._told
+            self._hurry += 1
             self._state.notify_all()
-            if self._told % self.CATCH_UP == 0:
-                self._state.wait_for(lambda: self._copied >= self._told or self._gone, LOCK_TIMEOUT)
+            try:
+                self._state.wait_for(lambda: self._copied >= told or self._gone, timeout)
+            finally:
+                self._hurry -= 1
+
+    def close(self) -> None:
+        """One last copy, then the thread ends."""
+        if self._owner_pid != os.getpid():
+            return
+        with self._state:
+            self._closing = True
+            self._state.notify_all()
+        self._thread.join(LOCK_TIMEOUT)
+        self._owner_pid = 0
+
+    def _running(self) -> threading.Condition:
+        with self._starting:
+            if self._owner_pid != os.getpid():
+                self._owner_pid = os.getpid()
+                self._state = threading.Condition()
+                self._told = 0  # commits announced
+                self._copied = 0  # of those, how many a finished checkpoint covered
+                self._hurry = 0  # callers of catch_up waiting: no pause between copies
+                self._closing = False
+                self._gone = False  # the thread has ended: nothing to wait for
+                self._thread = threading.Thread(
+                    target=self._run, name="wal-checkpoint", daemon=True
+                )
+                self._thread.start()
+        return self._state
 
     def _run(self) -> None:
         try:
@@ -373,30 +390,34 @@ class _Checkpointer:
             finally:
                 connection.close()
         except Exception:
-            log.exception("the WAL checkpoint thread stopped; commits will no longer wait for it")
+            log.exception("the WAL checkpoint thread stopped; SQLite's file will lag its WAL")
         finally:
             with self._state:
                 self._gone = True
                 self._state.notify_all()
 
     def _copy_when_told(self, connection: sqlite3.Connection) -> None:
+        state = self._state
         while True:
-            with self._state:
-                self._state.wait_for(lambda: self._told > self._copied or self._closing)
+            with state:
+                state.wait_for(lambda: self._told > self._copied or self._closing)
                 covering, closing = self._told, self._closing
-            try:  # PASSIVE: copies what no reader still needs, never waits for a writer
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
+            try:
+                if self._copy(connection) > self.RESTART_FRAMES:
+                    with self.writers.turn():
+                        self._copy(connection)
+            except (sqlite3.Error, TimeoutError) as exc:
                 log.warning("WAL checkpoint failed, the next one will retry: %s", exc)
-            with self._state:
+            with state:
                 self._copied = covering
-                self._state.notify_all()
-            if closing:
-                return
+                state.notify_all()
+                if closing:
+                    return
+                # Copies in a burst of commits come at most every PAUSE_S, unless waited for.
+                state.wait_for(lambda: self._hurry > 0 or self._closing, self.PAUSE_S)
 
-    def close(self) -> None:
-        """One last checkpoint, then the thread ends."""
-        with self._state:
-            self._closing = True
-            self._state.notify_all()
-        self._thread.join(LOCK_TIMEOUT)
+    @staticmethod
+    def _copy(connection: sqlite3.Connection) -> int:
+        """A PASSIVE checkpoint; returns how many frames the WAL holds."""
+        _busy, frames, _copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames)

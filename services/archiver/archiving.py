@@ -50,7 +50,6 @@ from shared.db import (
     Database,
     UTCDateTime,
     analyze,
-    checkpoints_in_background,
     is_postgres,
     new_id,
     utcnow,
@@ -282,8 +281,11 @@ def sweep(
     statements = ChunkStatements(db.engine.dialect.name, settings, now or utcnow())
     if not is_postgres(db.engine):
         pace = Pace(settings.archive_sweep_chunk, settings.archive_sweep_chunk_ms / 1000)
-        with checkpoints_in_background(db) as (writer, committed):
-            return _sweep_chunks(writer, statements, pace, on_chunk, committed)
+        try:
+            return _sweep_chunks(db, statements, pace, on_chunk)
+        finally:  # what it archived is in the database file, not only in the WAL
+            if db.checkpoints is not None:
+                db.checkpoints.catch_up()
     reported = threading.Lock()
     total, analyzed_at = 0, 0
 
@@ -312,7 +314,6 @@ def _sweep_chunks(
     statements: ChunkStatements,
     pace: Pace,
     on_chunk: Callable[[int], None] | None,
-    committed: Callable[[], None] | None = None,
 ) -> int:
     total = 0
     while True:
@@ -322,8 +323,6 @@ def _sweep_chunks(
         if not done:
             return total
         held = time.monotonic() - started  # the write lock's time, not the checkpoint's
-        if committed is not None:
-            committed()
         total += done
         if on_chunk is not None:
             on_chunk(done)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -10,7 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from shared.db import Database, new_id
+from shared.db import Checkpoints, Database, new_id
 from shared.migrate import upgrade
 from shared.models import Article
 from tests.e2e.conftest import ROOT
@@ -65,3 +68,44 @@ def test_ids_follow_time_back_past_1970():
     ids = [new_id(datetime(year, 6, 1, tzinfo=UTC)) for year in (1955, 2005)] + [new_id()]
     assert ids == sorted(ids)
     assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+def _in_file_itself(path: str) -> int:
+    """Articles in the database file, ignoring its WAL (what a checkpoint has copied)."""
+    file_only = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(file_only.execute("SELECT count(*) FROM articles").fetchone()[0])
+    finally:
+        file_only.close()
+
+
+def _write_in_forked_child(db: Database, slug: str) -> None:
+    with db.transaction() as session:
+        session.add(Article(slug=slug, title="t"))
+    assert db.checkpoints is not None
+    db.checkpoints.catch_up()
+
+
+def test_commits_reach_the_sqlite_file_without_any_commit_copying_them(tmp_path):  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "wal.db")
+    db = Database(f"sqlite:///{path}")
+    upgrade(db.engine)
+    with db.engine.connect() as conn:  # no commit copies the WAL into the file itself...
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    for n in range(2000):  # some 13,000 pages: the WAL is started over along the way...
+        with db.transaction() as session:
+            session.add(Article(slug=f"a-{n}", title="t"))
+    assert os.path.getsize(f"{path}-wal") < 5 * Checkpoints.RESTART_FRAMES * 4096
+    # ...and the process's checkpoint thread copies the commits into the file.
+    assert db.checkpoints is not None
+    db.checkpoints.catch_up()
+    assert _in_file_itself(path) == 2000
+    # A forked worker (gunicorn's, Celery's) gets a thread of its own.
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_in_forked_child, args=(db, "from-the-child")
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert _in_file_itself(path) == 2001
+    db.dispose()
