@@ -69,18 +69,45 @@ ANALYZE_FIRST = 2_000
 
 def due_for_archiving(settings: Settings, now: datetime) -> ColumnElement[bool]:
     """SQL condition: published articles whose archive date has come."""
-    own_date = and_(Article.archive_after.is_not(None), Article.archive_after <= now)
-    by_age = [Article.archive_after.is_(None), Article.published_at.is_not(None)]
-    rules: list[ColumnElement[bool]] = [own_date]
+    return or_(due_by_own_date(now), due_by_age(settings, now))
+
+
+def due_by_own_date(now: datetime) -> ColumnElement[bool]:
+    """Published articles whose own ``archive_after`` has come."""
+    return and_(
+        Article.status == S.PUBLISHED,
+        Article.evergreen.is_(False),
+        Article.archive_after.is_not(None),
+        Article.archive_after <= now,
+    )
+
+
+def due_by_age(settings: Settings, now: datetime) -> ColumnElement[bool]:
+    """Published articles without a date of their own, older than their section's age.
+
+    Bounded by the latest of the sections' cutoffs as well, so a walk of the
+    (status, published_at) index stops there: without the bound, the chunk that found the
+    last due stories went on through every younger one (a million rows, a third of a second
+    holding SQLite's write lock, twice a sweep).
+    """
+    rules: list[ColumnElement[bool]] = []
+    cutoffs: list[datetime] = []
     for section, days in settings.archive_policy.items():
         if days is not None:
-            cutoff = now - timedelta(days=days)
-            rules.append(and_(*by_age, Article.section == section, Article.published_at <= cutoff))
+            cutoffs.append(now - timedelta(days=days))
+            rules.append(and_(Article.section == section, Article.published_at <= cutoffs[-1]))
     listed = list(settings.archive_policy)
     elsewhere = or_(Article.section.is_(None), Article.section.not_in(listed)) if listed else true()
-    cutoff = now - timedelta(days=settings.archive_after_days)
-    rules.append(and_(*by_age, elsewhere, Article.published_at <= cutoff))
-    return and_(Article.status == S.PUBLISHED, Article.evergreen.is_(False), or_(*rules))
+    cutoffs.append(now - timedelta(days=settings.archive_after_days))
+    rules.append(and_(elsewhere, Article.published_at <= cutoffs[-1]))
+    return and_(
+        Article.status == S.PUBLISHED,
+        Article.evergreen.is_(False),
+        Article.archive_after.is_(None),
+        Article.published_at.is_not(None),
+        Article.published_at <= max(cutoffs),
+        or_(*rules),
+    )
 
 
 class ChunkStatements:
@@ -93,14 +120,17 @@ class ChunkStatements:
     """
 
     def __init__(self, dialect: str, settings: Settings, now: datetime):
-        self.pick = (
-            select(ARTICLES.c.id)
-            .where(due_for_archiving(settings, now))
-            .order_by(ARTICLES.c.published_at)
-            .limit(bindparam("limit"))
-        )
+        # Two walks of an index each, oldest first: a union would do no better, and on
+        # PostgreSQL it cannot lock its rows.
+        self.picks = [
+            select(ARTICLES.c.id).where(due).order_by(oldest).limit(bindparam("limit"))
+            for due, oldest in (
+                (due_by_age(settings, now), ARTICLES.c.published_at),
+                (due_by_own_date(now), ARTICLES.c.archive_after),
+            )
+        ]
         if dialect == "postgresql":
-            self.pick = self.pick.with_for_update(skip_locked=True)
+            self.picks = [pick.with_for_update(skip_locked=True) for pick in self.picks]
         # By primary key alone: the rows were picked in this transaction and are ours (the
         # write lock on SQLite, FOR UPDATE on PostgreSQL). A status test here made SQLite
         # walk the status index instead of the key, a tenth of a second per chunk.
@@ -150,7 +180,10 @@ class ChunkStatements:
         """Archive up to ``limit`` due articles in the session's transaction; returns how
         many."""
         connection = session.connection()
-        ids = connection.execute(self.pick, {"limit": limit}).scalars().all()
+        ids: list[str] = []
+        for pick in self.picks:
+            if len(ids) < limit:
+                ids += connection.execute(pick, {"limit": limit - len(ids)}).scalars()
         if not ids:
             return 0
         chunk = {"chunk": list(ids)}

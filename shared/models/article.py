@@ -49,6 +49,8 @@ class Article(Base):
         # Feeds and the archive sweep walk the published rows by date; beat's publish-due
         # finds the few scheduled ones by the same index's first column.
         Index("ix_articles_status_published_at", "status", "published_at"),
+        # The sweep's other walk: published stories with an archive date of their own.
+        Index("ix_articles_status_archive_after", "status", "archive_after"),
         # The editors' list, newest first, and its cursor.
         Index("ix_articles_created_at", "created_at", "id"),
     )
