@@ -282,7 +282,7 @@ SWEEP_SETTLED = timedelta(seconds=2)
 # How long the relay thread waits for company before it relays: LINGER_STEP_S for each
 # article beyond the first that its last batch held, never more than LINGER_MAX_S.
 LINGER_STEP_S = 0.005
-LINGER_MAX_S = 0.03
+LINGER_MAX_S = 0.1
 
 
 def linger_after(previous_batch: int) -> float:
@@ -297,7 +297,7 @@ class BackgroundRelay:
     message per queue for each ``MESSAGE_EVENTS`` events). How long it first waits for
     company follows the load: an article that came alone last time is relayed at once, so
     a quiet newsroom's events leave within milliseconds; under a burst the thread waits up
-    to 30 ms and relays the batch with one write and a message or two per queue, instead of
+    to 100 ms and relays the batch with one write and a message or two per queue, instead of
     a write and two messages per article, which is what lets the publisher and the
     consumers keep up.
 

@@ -8,7 +8,7 @@ import re
 
 import nh3
 from slugify import slugify
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.models import Article
@@ -60,16 +60,28 @@ def base_slug(title: str) -> str:
     return slugify(title, max_length=SLUG_MAX, word_boundary=True) or "article"
 
 
+# Built once: a statement built per call cost its cache key and, for IN, its expansion, a
+# sixth of the publisher's CPU for each article created.
+_HOLDER = select(Article.id).where(Article.slug == bindparam("slug"))
+
+
+def slug_holder(session: Session, slug: str) -> str | None:
+    """The id of the article that has this slug, if one does."""
+    return session.execute(_HOLDER, {"slug": slug}).scalar()
+
+
 def unique_slug(session: Session, title: str) -> str:
     """A slug from the title, with -2, -3... when it is taken.
 
-    Candidates are asked about ``SLUG_PROBE`` at a time by exact value, on the unique index:
-    one query for a new title or the first few repeats. (Asking for ``slug LIKE 'base-%'``
-    instead scanned the whole table on PostgreSQL, whose index serves LIKE only under the C
-    collation: 0.4 s for each repeated title among a million stories.)
+    The title's own slug is asked about first; when it is taken, candidates are asked
+    about ``SLUG_PROBE`` at a time by exact value, on the unique index. (Asking for
+    ``slug LIKE 'base-%'`` instead scanned the whole table on PostgreSQL, whose index serves
+    LIKE only under the C collation: 0.4 s for each repeated title among a million stories.)
     """
     base = base_slug(title)
-    for start in itertools.count(1, SLUG_PROBE):
+    if slug_holder(session, base) is None:
+        return base
+    for start in itertools.count(2, SLUG_PROBE):
         candidates = [base if n == 1 else f"{base}-{n}" for n in range(start, start + SLUG_PROBE)]
         taken = set(session.scalars(select(Article.slug).where(Article.slug.in_(candidates))))
         for candidate in candidates:

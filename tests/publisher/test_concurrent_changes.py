@@ -83,7 +83,7 @@ def test_an_edit_on_a_version_being_replaced_is_refused(client, editor, database
 
 def test_two_stories_with_one_title_at_once_get_two_slugs(client, editor, database):
     def another_desk_creates(session):  # type: ignore[no-untyped-def]
-        service.create_article(session, article(), "desk")
+        service.create_article(session, service.prepare(article()), "desk")
         session.flush()  # written, not committed
 
     answer = racing(

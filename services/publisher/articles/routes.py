@@ -86,12 +86,12 @@ def _replay(session: Session, key: str) -> Response | None:
     return response
 
 
-def _create(data: dict[str, Any], key: str | None) -> Article | Response:
+def _create(prepared: dict[str, Any], key: str | None) -> Article | Response:
     """The new article, or the replayed answer to an Idempotency-Key already used."""
     with state().db.transaction() as session:
         if key and (replayed := _replay(session, key)) is not None:
             return replayed
-        article = service.create_article(session, data, current_caller().actor)
+        article = service.create_article(session, prepared, current_caller().actor)
         if key:
             session.flush()
             session.add(
@@ -134,15 +134,16 @@ class Articles(MethodView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             fail(422, "Idempotency-Key must be 1 to 255 characters.")
+        prepared = service.prepare(data)
         try:
-            article = _create(data, key)
+            article = _create(prepared, key)
         except IntegrityError:
             # A request that was committing at the same moment got there first: the same
             # Idempotency-Key (answer as it was answered) or the same new slug (ask again:
             # the slug it took is visible now, so this one gets the next).
             if key and (replayed := _replay_committed(key)) is not None:
                 return replayed
-            article = _create(data, key)
+            article = _create(prepared, key)
         if isinstance(article, Response):
             return article
         state().relay.submit([article.id])

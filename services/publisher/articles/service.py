@@ -12,7 +12,7 @@ from shared import events, lifecycle
 from shared.bus import CelerySender, Relay
 from shared.celery import create_celery
 from shared.config import Settings
-from shared.content import sanitise_html, unique_slug
+from shared.content import sanitise_html, slug_holder, unique_slug
 from shared.db import Database, new_id, utcnow
 from shared.errors import Conflict, InvalidTransition
 from shared.models import Article
@@ -34,17 +34,25 @@ def _clean(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ensure_slug_free(session: Session, slug: str, article_id: str | None = None) -> None:
-    holder = session.scalar(select(Article.id).where(Article.slug == slug))
+    holder = slug_holder(session, slug)
     if holder is not None and holder != article_id:
         raise Conflict(f"The slug {slug!r} is taken by another article.", "slug_taken")
 
 
+def prepare(data: dict[str, Any]) -> dict[str, Any]:
+    """A create request's fields, cleaned (the body sanitised): work with no database in it,
+    done before the transaction (on SQLite a writer holds the whole file's lock)."""
+    return {**_clean(data), "status": data.get("status", S.DRAFT)}
+
+
 def create_article(
-    session: Session, data: dict[str, Any], actor: str, now: datetime | None = None
+    session: Session, prepared: dict[str, Any], actor: str, now: datetime | None = None
 ) -> Article:
-    """Create a draft, a scheduled article (publish_at ahead) or a published one."""
+    """Create a draft, a scheduled article (publish_at ahead) or a published one, from the
+    fields :func:`prepare` made of the request."""
     now = now or utcnow()
-    fields = _clean(data)
+    fields = dict(prepared)
+    wanted = fields.pop("status")
     if fields.get("slug"):
         _ensure_slug_free(session, fields["slug"])
     else:
@@ -59,7 +67,6 @@ def create_article(
     )
     session.add(article)
     publish_at = fields.get("publish_at")
-    wanted = data.get("status", S.DRAFT)
     if publish_at is not None and publish_at > now:
         article.status = S.SCHEDULED
     elif wanted == S.PUBLISHED or publish_at is not None:
