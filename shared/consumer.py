@@ -129,7 +129,7 @@ class Consumer:
             }
             for event in events
         ]
-        claim = insert_unless_present(session, ConsumedEvent).returning(ConsumedEvent.event_id)
+        claim = insert_unless_present(session, ConsumedEvent, returning=[ConsumedEvent.event_id])
         return set(session.scalars(claim, rows))
 
     def _log(self, event: dict[str, Any], outcome: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -10,7 +11,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -76,12 +77,24 @@ def new_id(at: datetime | None = None) -> str:
     return str(uuid_utils.uuid7(nanoseconds=max(0, int(at.timestamp() * 1_000_000_000))))
 
 
-def insert_unless_present(session: Session, model: type[Base]) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database: rows whose key is
-    already there are skipped (with RETURNING, only the rows inserted come back)."""
+def insert_unless_present(
+    session: Session, model: type[Base], on: Sequence[Any] = (), returning: Sequence[Any] = ()
+) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database: rows whose key (any
+    unique one, or the columns ``on`` name) is already there are skipped; only the rows
+    inserted come back, with their ``returning`` columns."""
     dialect = session.get_bind().dialect.name
+    return _insert_unless_present(dialect, model, tuple(on), tuple(returning))
+
+
+@functools.cache
+def _insert_unless_present(
+    dialect: str, model: type[Base], on: tuple[Any, ...], returning: tuple[Any, ...]
+) -> Any:
+    # Built once: SQLAlchemy works out a statement's cache key afresh for each new one.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(model).on_conflict_do_nothing()
+    statement = insert(model).on_conflict_do_nothing(index_elements=list(on) or None)
+    return statement.returning(*returning) if returning else statement
 
 
 def make_engine(url: str, *, wal_autocheckpoint: int | None = None, **kwargs: object) -> Engine:
