@@ -138,9 +138,9 @@ class Articles(MethodView):
         try:
             article = _create(prepared, key)
         except IntegrityError:
-            # A request that was committing at the same moment got there first: the same
-            # Idempotency-Key (answer as it was answered) or the same new slug (ask again:
-            # the slug it took is visible now, so this one gets the next).
+            # A request with the same Idempotency-Key was committing at the same moment and
+            # got there first: answer as it was answered. (A slug taken meanwhile is no error:
+            # create_article takes the next free one.) Failing that, try once more.
             if key and (replayed := _replay_committed(key)) is not None:
                 return replayed
             article = _create(prepared, key)
