@@ -93,7 +93,6 @@ def _create(prepared: dict[str, Any], key: str | None) -> Article | Response:
             return replayed
         article = service.create_article(session, prepared, current_caller().actor)
         if key:
-            session.flush()
             session.add(
                 IdempotencyRecord(
                     token_id=current_caller().token_id,

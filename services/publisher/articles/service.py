@@ -12,7 +12,7 @@ from shared import events, lifecycle
 from shared.bus import CelerySender, Relay
 from shared.celery import create_celery
 from shared.config import Settings
-from shared.content import base_slug, sanitise_html, slug_holder, unique_slug
+from shared.content import base_slug, next_free_slug, sanitise_html, slug_holder
 from shared.db import Database, insert_unless_present, new_id, utcnow
 from shared.errors import Conflict, InvalidTransition
 from shared.models import Article
@@ -74,9 +74,9 @@ def create_article(
         if not _insert(session, article):
             raise Conflict(f"The slug {article.slug!r} is taken by another article.", "slug_taken")
     else:
-        article.slug = base_slug(article.title)
+        article.slug = base = base_slug(article.title)
         while not _insert(session, article):  # taken, maybe a moment ago by another request
-            article.slug = unique_slug(session, article.title)
+            article.slug = next_free_slug(session, base)
     lifecycle.record(session, article, None, actor, "created")
     if article.status == S.PUBLISHED:
         lifecycle.announce(session, article, events.ARTICLE_PUBLISHED)
