@@ -102,7 +102,7 @@ def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, dat
     # The sweep builds its envelopes in SQL; consumers must not be able to tell them apart
     # from those make_envelope builds, whatever the article holds.
     publish(
-        client, editor, "Dès l'aube, \"quoted\"", 40, section="news",
+        client, editor, "Dès l'aube, \"quoted\" C:\\path 🗞", 40, section="news",
         tags=["a", "b"], authors=["Desk", "Ana"], summary="line one\nline two",
     )  # fmt: skip
     publish(client, editor, "no section", 200, section=None, tags=[], authors=[])
