@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     JSON,
     ColumnElement,
     Integer,
@@ -48,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from shared import events
 from shared.config import Settings
@@ -154,10 +154,7 @@ class ChunkStatements:
                 ids += connection.execute(pick, {"limit": limit - len(ids)}).scalars()
         if not ids:
             return 0
-        event_ids = [new_id() for _ in ids]
-        chunk: dict[str, Any] = {"ids": ids, "event_ids": event_ids}
-        if not self.postgres:
-            chunk = {"ids": ids, "events": list(map(list, zip(ids, event_ids, strict=True)))}
+        chunk = {"chunk": [[id_, new_id()] for id_ in ids]}
         for step in self.steps:
             connection.execute(step, chunk)
         return len(ids)
@@ -179,16 +176,15 @@ ENVELOPE_COLUMNS = (
 
 
 def _postgres_steps(now: datetime) -> list[Executable]:
-    """One statement: the UPDATE runs from the bound arrays and RETURNs what the history
-    and outbox INSERTs read, as data-modifying CTEs (8 % faster than probing ``articles``
-    again for each INSERT, and without a join to pair event ids back with articles)."""
-    chunk = (
-        func.unnest(
-            bindparam("ids", type_=ARRAY(String)), bindparam("event_ids", type_=ARRAY(String))
-        )
-        .table_valued("article_id", "event_id", with_ordinality="position")
-        .render_derived()
-    )
+    """One statement: the UPDATE RETURNs what the history and outbox INSERTs read, as
+    data-modifying CTEs (8 % faster than probing ``articles`` again for each INSERT), each
+    row with its event id and place in the chunk."""
+    pairs = _json_pairs("postgresql")
+    chunk = select(
+        pairs.c.value[0].as_string().label("article_id"),
+        pairs.c.value[1].as_string().label("event_id"),
+        pairs.c.key.label("position"),
+    ).subquery("chunk")
     archived = (
         _archive(now)
         .where(ARTICLES.c.id == chunk.c.article_id)
@@ -208,16 +204,12 @@ def _postgres_steps(now: datetime) -> list[Executable]:
 
 
 def _sqlite_steps(now: datetime) -> list[Executable]:
-    """Three statements (SQLite has no data-modifying CTEs), the chunk's ids and
-    [article id, event id] pairs bound as JSON arrays."""
-    ids = select(func.json_each(bindparam("ids", type_=JSON)).table_valued("value").c.value)
+    """Three statements: SQLite has no data-modifying CTEs."""
+    pairs = _json_pairs("sqlite")
     # By primary key alone: the rows were picked in this transaction and are ours (the
     # write lock). A status test here made SQLite walk the status index instead of the
     # key, a tenth of a second per chunk.
-    in_chunk = ARTICLES.c.id.in_(ids)
-    pairs = func.json_each(bindparam("events", type_=JSON)).table_valued(
-        column("key", Integer), column("value", JSON)
-    )
+    in_chunk = ARTICLES.c.id.in_(select(pairs.c.value[0].as_string()))
     event_id = pairs.c.value[1].as_string()
     announce = _announce(
         select(event_id, ARTICLES.c.id, _envelope_object(ARTICLES.c, event_id, now))
@@ -226,6 +218,18 @@ def _sqlite_steps(now: datetime) -> list[Executable]:
         now,
     )
     return [_archive(now).where(in_chunk), _audit(ARTICLES.c.id, now, in_chunk), announce]
+
+
+def _json_pairs(dialect: str) -> TableValuedAlias:
+    """The chunk's [article id, event id] pairs, bound as one JSON array, as rows of
+    (``key``: the place in the chunk, ``value``: the pair). One parameter, not thousands;
+    and JSON is written by C on our side, where psycopg dumps an array element by element
+    in Python (two fifths of the sweeping process's time)."""
+    chunk, value = bindparam("chunk", type_=JSON), column("value", JSON)
+    if dialect == "postgresql":
+        elements = func.json_array_elements(chunk).table_valued(value, with_ordinality="key")
+        return elements.render_derived()
+    return func.json_each(chunk).table_valued(column("key", Integer), value)
 
 
 def _archive(now: datetime) -> Update:
