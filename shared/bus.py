@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import os
@@ -10,15 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import BigInteger, Row, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from shared import events
 from shared.celery import EVENT_PRIORITY
-from shared.db import Database, is_postgres, utcnow
+from shared.db import Database, is_postgres, json_elements, utcnow
 from shared.models import OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ class Relay:
         self.sender = sender
         self.batch = batch
         self.locks_rows = is_postgres(db.engine)
+        self.statements = _relay_statements(db.engine.dialect.name)
 
     def relay(
         self, article_ids: Iterable[str] | None = None, *, settled: timedelta = timedelta(0)
@@ -168,7 +172,7 @@ class Relay:
             if failed or not fetched:
                 return sent
 
-    def _heads(self, session: Session, settled: timedelta) -> Sequence[OutboxEvent]:
+    def _heads(self, session: Session, settled: timedelta) -> Sequence[Row[Any]]:
         """Of the oldest pending events, those that are their article's oldest pending one:
         a later event of an article waits for the earlier, so order is kept.
 
@@ -178,28 +182,17 @@ class Relay:
         PostgreSQL, its statistics stale after a burst, hash 280,000 pending rows for every
         batch of 500 (2.2 s a batch).
         """
-        candidates = (
-            select(OutboxEvent)
-            .where(OutboxEvent.relayed_at.is_(None))
-            .order_by(OutboxEvent.position)
-            .limit(self.batch)
-        )
+        connection = session.connection()
+        oldest, params = self.statements.oldest, dict[str, Any](limit=self.batch)
         if settled:  # younger ones are the business of their process's relay thread
-            candidates = candidates.where(OutboxEvent.created_at <= utcnow() - settled)
-        if self.locks_rows:
-            candidates = candidates.with_for_update(of=OutboxEvent, skip_locked=True)
-        rows = session.scalars(candidates).all()
+            oldest = self.statements.oldest_settled
+            params["written_by"] = utcnow() - settled
+        rows = connection.execute(oldest, params).all()
         if not rows:
             return rows
-        first = dict(
-            session.execute(
-                select(OutboxEvent.article_id, func.min(OutboxEvent.position))
-                .where(
-                    OutboxEvent.relayed_at.is_(None),
-                    OutboxEvent.article_id.in_({row.article_id for row in rows}),
-                )
-                .group_by(OutboxEvent.article_id)
-            ).all()
+        article_ids = list({row.article_id for row in rows})
+        first: dict[str, int] = dict(
+            connection.execute(self.statements.first_pending, {"article_ids": article_ids}).all()
         )
         return [row for row in rows if first[row.article_id] == row.position]
 
@@ -210,17 +203,11 @@ class Relay:
         head-of-line query. On PostgreSQL the rows are locked without skipping, so a relay
         that holds an older event of the same article is waited for, not overtaken.
         """
-        query = (
-            select(OutboxEvent)
-            .where(OutboxEvent.relayed_at.is_(None), OutboxEvent.article_id.in_(article_ids))
-            .order_by(OutboxEvent.position)
-        )
-        if self.locks_rows:
-            query = query.with_for_update(of=OutboxEvent)
-        done, _, _ = self._relay(lambda session: session.scalars(query).all())
+        query, ids = self.statements.of_articles, {"article_ids": list(article_ids)}
+        done, _, _ = self._relay(lambda session: session.connection().execute(query, ids).all())
         return done
 
-    def _relay(self, fetch: Callable[[Session], Sequence[OutboxEvent]]) -> tuple[int, bool, int]:
+    def _relay(self, fetch: Callable[[Session], Sequence[Row[Any]]]) -> tuple[int, bool, int]:
         """Send the rows ``fetch`` finds and mark them: (sent, whether one failed, found).
 
         On PostgreSQL all in one transaction, the rows locked by ``fetch`` until marked; on
@@ -230,17 +217,17 @@ class Relay:
             with self.db.transaction() as session:
                 rows = fetch(session)
                 done, failed = self._send(rows)
-                _mark(session, rows, done, failed)
+                self._mark(session, rows, done, failed)
             return done, failed, len(rows)
         with self.db.reader() as session:
             rows = fetch(session)
         done, failed = self._send(rows)
         if rows:
             with self.db.transaction() as session:
-                _mark(session, rows, done, failed)
+                self._mark(session, rows, done, failed)
         return done, failed, len(rows)
 
-    def _send(self, rows: Sequence[OutboxEvent]) -> tuple[int, bool]:
+    def _send(self, rows: Sequence[Row[Any]]) -> tuple[int, bool]:
         """Each run of ``MESSAGE_EVENTS`` rows goes as one message to each queue routed.
 
         After a failure the rows of the failed run stay pending, even those already sent to
@@ -262,24 +249,63 @@ class Relay:
             return done, True
         return done, False
 
+    def _mark(self, session: Session, rows: Sequence[Row[Any]], done: int, failed: bool) -> None:
+        """The first ``done`` rows were sent; after a failure the next one counts an attempt."""
+        connection = session.connection()
+        if done:
+            sent = [row.position for row in rows[:done]]
+            connection.execute(self.statements.mark, {"positions": sent, "now": utcnow()})
+        if failed and done < len(rows):
+            connection.execute(self.statements.count_attempt, {"failed_at": rows[done].position})
 
-def _mark(session: Session, rows: Sequence[OutboxEvent], done: int, failed: bool) -> None:
-    """The first ``done`` rows were sent; after a failure the next one counts an attempt."""
-    sent = [row.position for row in rows[:done]]
-    if sent:
-        session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.position.in_(sent), OutboxEvent.relayed_at.is_(None))
-            .values(relayed_at=utcnow())
-            .execution_options(synchronize_session=False)
+
+@dataclass(frozen=True)
+class RelayStatements:
+    oldest: Select[Any]  # the ``limit`` oldest pending rows
+    oldest_settled: Select[Any]  # the same, of those written by ``written_by``
+    first_pending: Select[str, int]  # (article id, its first pending position) of ``article_ids``
+    of_articles: Select[Any]  # every pending row of ``article_ids``, oldest first
+    mark: Update  # ``positions`` relayed at ``now``
+    count_attempt: Update  # one more failed attempt at the row ``failed_at``
+
+
+@functools.cache
+def _relay_statements(dialect: str) -> RelayStatements:
+    """Built once per dialect, Core rather than the ORM: a relay reads plain rows and marks
+    them by key, under a backlog thousands of times a minute."""
+    outbox = OutboxEvent.__table__
+    pending = select(
+        OutboxEvent.position, OutboxEvent.article_id, OutboxEvent.type, OutboxEvent.envelope
+    ).where(OutboxEvent.relayed_at.is_(None))
+    oldest = pending.order_by(OutboxEvent.position).limit(bindparam("limit"))
+    oldest_settled = oldest.where(OutboxEvent.created_at <= bindparam("written_by"))
+    of_articles = pending.where(
+        OutboxEvent.article_id.in_(json_elements(dialect, "article_ids"))
+    ).order_by(OutboxEvent.position)
+    if dialect == "postgresql":
+        oldest = oldest.with_for_update(of=outbox, skip_locked=True)
+        oldest_settled = oldest_settled.with_for_update(of=outbox, skip_locked=True)
+        of_articles = of_articles.with_for_update(of=outbox)
+    return RelayStatements(
+        oldest=oldest,
+        oldest_settled=oldest_settled,
+        first_pending=select(OutboxEvent.article_id, func.min(OutboxEvent.position))
+        .where(
+            OutboxEvent.relayed_at.is_(None),
+            OutboxEvent.article_id.in_(json_elements(dialect, "article_ids")),
         )
-    if failed and done < len(rows):
-        session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.position == rows[done].position)
-            .values(attempts=OutboxEvent.attempts + 1)
-            .execution_options(synchronize_session=False)
+        .group_by(OutboxEvent.article_id),
+        of_articles=of_articles,
+        mark=update(OutboxEvent)
+        .where(
+            OutboxEvent.position.in_(json_elements(dialect, "positions", BigInteger)),
+            OutboxEvent.relayed_at.is_(None),
         )
+        .values(relayed_at=bindparam("now")),
+        count_attempt=update(OutboxEvent)
+        .where(OutboxEvent.position == bindparam("failed_at"))
+        .values(attempts=OutboxEvent.attempts + 1),
+    )
 
 
 # The periodic sweep leaves events younger than this to the relay thread of their process.
