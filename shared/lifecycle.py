@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from shared import bus, events
 from shared.db import is_postgres, utcnow
 from shared.errors import InvalidTransition
-from shared.models import Article, ArticleHistory
+from shared.models import Article, ArticleHistory, has_status
 from shared.models import ArticleStatus as S
 
 ALLOWED: dict[str, set[str]] = {
@@ -116,7 +116,7 @@ def publish_due(session: Session, now: datetime | None = None, limit: int = 200)
     now = now or utcnow()
     query = (
         select(Article)
-        .where(Article.status == S.SCHEDULED, Article.publish_at <= now)
+        .where(has_status(S.SCHEDULED), Article.publish_at <= now)
         .order_by(Article.publish_at)
         .limit(limit)
     )

@@ -59,7 +59,7 @@ from shared.db import (
     new_id,
     utcnow,
 )
-from shared.models import Article, ArticleHistory, OutboxEvent
+from shared.models import Article, ArticleHistory, OutboxEvent, has_status
 from shared.models import ArticleStatus as S
 
 AGED = "aged"
@@ -80,7 +80,7 @@ def due_for_archiving(settings: Settings, now: datetime) -> ColumnElement[bool]:
 def due_by_own_date(now: datetime) -> ColumnElement[bool]:
     """Published articles whose own ``archive_after`` has come."""
     return and_(
-        Article.status == S.PUBLISHED,
+        has_status(S.PUBLISHED),
         Article.evergreen.is_(False),
         Article.archive_after.is_not(None),
         Article.archive_after <= now,
@@ -106,7 +106,7 @@ def due_by_age(settings: Settings, now: datetime) -> ColumnElement[bool]:
     cutoffs.append(now - timedelta(days=settings.archive_after_days))
     rules.append(and_(elsewhere, Article.published_at <= cutoffs[-1]))
     return and_(
-        Article.status == S.PUBLISHED,
+        has_status(S.PUBLISHED),
         Article.evergreen.is_(False),
         Article.archive_after.is_(None),
         Article.published_at.is_not(None),

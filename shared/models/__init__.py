@@ -1,6 +1,6 @@
 """SQLAlchemy models, one module per aggregate."""
 
-from shared.models.article import Article, ArticleHistory, ArticleStatus
+from shared.models.article import Article, ArticleHistory, ArticleStatus, has_status
 from shared.models.auth import ApiToken, IdempotencyRecord
 from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent
 
@@ -13,4 +13,5 @@ __all__ = [
     "DeadLetter",
     "IdempotencyRecord",
     "OutboxEvent",
+    "has_status",
 ]

@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 
 from shared.bus import ROUTES
 from shared.db import is_postgres
-from shared.models import Article, ArticleHistory, ConsumedEvent, OutboxEvent
+from shared.models import (
+    Article,
+    ArticleHistory,
+    ArticleStatus,
+    ConsumedEvent,
+    OutboxEvent,
+    has_status,
+)
 from shared.text import in_range, storable
 
 
@@ -43,9 +50,10 @@ def _has_tag(session: Session, tag: str) -> Any:
 
 def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article], str | None]:
     query: Select[tuple[Article]] = select(Article)
-    for name in ("status", "section"):
-        if args.get(name):
-            query = query.where(getattr(Article, name) == args[name])
+    if args.get("status"):
+        query = query.where(has_status(ArticleStatus(args["status"])))
+    if args.get("section"):
+        query = query.where(Article.section == args["section"])
     if args.get("tag"):
         query = query.where(_has_tag(session, args["tag"]))
     if args.get("q"):

@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from services.publisher.pages import feeds
 from services.publisher.state import state
 from shared.content import SECTION_PATTERN, could_be_slug, sanitise_html
-from shared.models import Article
+from shared.models import Article, has_status
 from shared.models import ArticleStatus as S
 
 blp = Blueprint("pages", __name__, template_folder="templates")
@@ -25,7 +25,7 @@ TAGS = re.compile(r"<[^>]+>")
 
 
 def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
-    query = select(Article).where(Article.status == S.PUBLISHED)
+    query = select(Article).where(has_status(S.PUBLISHED))
     if section is not None:
         query = query.where(Article.section == section)
     query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
