@@ -155,21 +155,27 @@ class Relay:
         self.statements = _relay_statements(db.engine.dialect.name)
 
     def relay(
-        self, article_ids: Iterable[str] | None = None, *, settled: timedelta = timedelta(0)
+        self,
+        article_ids: Iterable[str] | None = None,
+        *,
+        settled: timedelta = timedelta(0),
+        budget: float | None = None,
     ) -> int:
         """Relay what is pending (for these articles, or all written ``settled`` ago or
-        earlier); returns how many were sent.
+        earlier, batch after batch for up to ``budget`` seconds); returns how many were
+        sent.
 
         Stops quietly at the first broker failure: what was not sent stays in the outbox for
         the next sweep.
         """
         if article_ids is not None:
             return self._relay_articles(sorted(set(article_ids)))
-        sent = 0
+        sent, started = 0, time.monotonic()
         while True:
             done, failed, fetched = self._relay(lambda session: self._heads(session, settled))
             sent += done
-            if failed or not fetched:
+            out_of_time = budget is not None and time.monotonic() - started >= budget
+            if failed or not fetched or out_of_time:
                 return sent
 
     def _heads(self, session: Session, settled: timedelta) -> Sequence[Row[Any]]:
@@ -310,6 +316,12 @@ def _relay_statements(dialect: str) -> RelayStatements:
 
 # The periodic sweep leaves events younger than this to the relay thread of their process.
 SWEEP_SETTLED = timedelta(seconds=2)
+# One periodic sweep relays at a time (beat sends one every OUTBOX_SWEEP_SECONDS), for up
+# to SWEEP_BUDGET_S; the next one beat sends carries on. Its lock lapses on its own if the
+# worker dies, and outlasts the budget by more than any one batch takes.
+SWEEP_LOCK = "pressroom:outbox-sweep"
+SWEEP_BUDGET_S = 30.0
+SWEEP_LOCK_S = 90
 
 # How long the relay thread waits for company before it relays: LINGER_STEP_S for each
 # article beyond the first that its last batch held, never more than LINGER_MAX_S.

@@ -5,12 +5,24 @@ It also hosts the periodic jobs beat sends to its queue (outbox sweep, due publi
 
 from __future__ import annotations
 
+import contextlib
+
 from celery import Celery
+from redis.exceptions import LockError
 
 from services.archiver import archiving
 from services.archiver.handlers import HANDLERS
 from shared import lifecycle
-from shared.bus import ARCHIVER, SWEEP_SETTLED, CelerySender, Relay, consumer_task
+from shared.bus import (
+    ARCHIVER,
+    SWEEP_BUDGET_S,
+    SWEEP_LOCK,
+    SWEEP_LOCK_S,
+    SWEEP_SETTLED,
+    CelerySender,
+    Relay,
+    consumer_task,
+)
 from shared.celery import CONSUMER_TASK_OPTIONS
 from shared.consumer import Consumer
 from shared.runtime import Runtime
@@ -33,7 +45,17 @@ def register(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name="pressroom.outbox_sweep", acks_late=True, ignore_result=True)
     def outbox_sweep() -> int:
-        return relay().relay(settled=SWEEP_SETTLED)
+        # One at a time: under a backlog (an archive sweep's 300,000 events) beat's next
+        # sweep started a second relay beside the first, in the pool process the
+        # archiver's own consumer tasks were waiting for.
+        lock = runtime.redis.lock(SWEEP_LOCK, timeout=SWEEP_LOCK_S)
+        if not lock.acquire(blocking=False):
+            return 0
+        try:
+            return relay().relay(settled=SWEEP_SETTLED, budget=SWEEP_BUDGET_S)
+        finally:
+            with contextlib.suppress(LockError):  # lapsed: the relay outran SWEEP_LOCK_S
+                lock.release()
 
     @app.task(name="pressroom.publish_due", acks_late=True, ignore_result=True)
     def publish_due() -> int:

@@ -9,15 +9,19 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from services.archiver.celery_app import create_app
 from shared import lifecycle
-from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
+from shared.bus import MESSAGE_EVENTS, SWEEP_LOCK, BackgroundRelay, CelerySender, Relay, Send
 from shared.celery import beat_schedule, create_celery
+from shared.db import utcnow
 from shared.models import Article, OutboxEvent
 from shared.models import ArticleStatus as S
+from shared.runtime import Runtime
 from tests.brokers import message_count, queued
 from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, process_env
@@ -133,6 +137,7 @@ FORKED_RELAY = """
 import os, sys
 from shared.bus import MESSAGE_EVENTS, BackgroundRelay, CelerySender, Relay, Send
 from shared.celery import beat_schedule, create_celery
+from shared.db import utcnow
 from shared.config import Settings
 from shared.db import Database
 
@@ -257,3 +262,33 @@ def test_a_failure_after_every_send_keeps_what_was_sent_marked(database):
     assert Relay(database, broker).relay() == 1
     assert len(broker.sent) == 2  # archiver and notifier
     assert pending(database) == []
+
+
+def test_one_periodic_sweep_relays_at_a_time(database, settings, redis_url):
+    with database.transaction() as session:
+        for n in range(3):
+            lifecycle.transition(
+                session, new_article(session, f"Story {n}"), S.PUBLISHED, actor="test"
+            )
+    with database.transaction() as session:  # older than the relay thread's share
+        session.execute(update(OutboxEvent).values(created_at=utcnow() - timedelta(minutes=1)))
+    outbox_sweep = create_app(settings).tasks["pressroom.outbox_sweep"]
+    held = Runtime(settings).redis.lock(SWEEP_LOCK, timeout=30)
+    assert held.acquire(blocking=False)  # another worker's sweep is relaying
+    assert outbox_sweep() == 0
+    assert len(pending(database)) == 3 and queued(redis_url, "archiver") == []
+    held.release()
+    assert outbox_sweep() == 3
+    assert pending(database) == []
+
+
+def test_a_sweep_with_a_budget_stops_after_the_batch_that_spends_it(database, settings):
+    with database.transaction() as session:
+        for n in range(25):
+            lifecycle.transition(
+                session, new_article(session, f"Story {n}"), S.PUBLISHED, actor="test"
+            )
+    relay = Relay(database, CelerySender(create_celery(settings, "test")), batch=10)
+    assert relay.relay(budget=0) == 10
+    assert len(pending(database)) == 15
+    assert relay.relay() == 15
