@@ -85,9 +85,15 @@ class Article(Base):
     __table_args__ = (
         # Feeds (newest first) and the archive sweep (oldest first, by age).
         Index("ix_articles_published", "published_at", "id", **_where(PUBLISHED)),
-        # A section's feed.
+        # A section's feed. Partial on PostgreSQL only: SQLite rewrites an index on an
+        # update only if its columns or predicate change, and this one's never do there
+        # (with the predicate, a SQLite sweep was a tenth slower).
         Index(
-            "ix_articles_published_section", "section", "published_at", "id", **_where(PUBLISHED)
+            "ix_articles_section_published_at",
+            "section",
+            "published_at",
+            "id",
+            postgresql_where=text(PUBLISHED),
         ),
         # The sweep's other walk: published stories with an archive date of their own.
         Index(

@@ -61,7 +61,7 @@ def test_feeds_read_the_published_stories_index_in_order(client, editor, databas
         assert client.post("/api/v1/articles", json=body, headers=editor).status_code == 201
     for path, index in (
         ("/feed.xml", "ix_articles_published"),
-        ("/sections/news/feed.xml", "ix_articles_published_section"),
+        ("/sections/news/feed.xml", "ix_articles_section_published_at"),
     ):
         with article_reads(database.engine) as reads:
             assert client.get(path).status_code == 200

@@ -11,8 +11,10 @@ PostgreSQL database the UPDATE wrote 10,400 WAL records instead of 14,414 and to
 (means of four alternating runs).
 
 - ix_articles_status_published_at becomes ix_articles_published (published_at, id);
-- ix_articles_section becomes ix_articles_published_section (section, published_at, id),
-  which is what a section's feed reads;
+- ix_articles_section becomes ix_articles_section_published_at (section, published_at,
+  id), which is what a section's feed reads; partial on PostgreSQL only, as SQLite rewrites
+  an index on an update only if its columns or predicate change, and without the
+  predicate this one's never do there (with it, a SQLite sweep was a tenth slower);
 - ix_articles_status_archive_after becomes ix_articles_due_own_date (archive_after);
 - ix_articles_unlisted (status, created_at, id) on drafts, scheduled and retracted
   stories serves the editors' list filtered to one of those, and beat's publish-due;
@@ -49,10 +51,10 @@ def upgrade() -> None:
         "ix_articles_published", "articles", ["published_at", "id"], **_where(PUBLISHED)
     )
     op.create_index(
-        "ix_articles_published_section",
+        "ix_articles_section_published_at",
         "articles",
         ["section", "published_at", "id"],
-        **_where(PUBLISHED),
+        postgresql_where=sa.text(PUBLISHED),
     )
     op.create_index(
         "ix_articles_due_own_date",
@@ -71,7 +73,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_articles_unlisted", table_name="articles")
     op.drop_index("ix_articles_due_own_date", table_name="articles")
-    op.drop_index("ix_articles_published_section", table_name="articles")
+    op.drop_index("ix_articles_section_published_at", table_name="articles")
     op.drop_index("ix_articles_published", table_name="articles")
     op.create_index(
         "ix_articles_status_archive_after",
