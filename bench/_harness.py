@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,10 @@ class CpuSnapshot:
     groups: dict[str, float]  # group -> CPU seconds of its live processes
     machine_busy: float
     machine_total: float
+    processes: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (group, s)
+    # What CpuSampler.follow saw since: a process that exits before the window's end keeps
+    # the seconds it had spent (a PostgreSQL backend closes with its client's connection).
+    seen: dict[int, tuple[str, float]] = field(default_factory=dict)
 
 
 class CpuSampler:
@@ -192,35 +196,50 @@ class CpuSampler:
             ancestor = parents.get(ancestor)
         return self.outside(cmdline(pid)) if self.outside is not None else None
 
-    def snapshot(self) -> CpuSnapshot:
+    def _processes(self) -> dict[int, tuple[str, float]]:
         parents: dict[int, int] = {}
         cpu: dict[int, float] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (found := proc_stat(int(entry))) is not None:
                 parents[int(entry)], cpu[int(entry)] = found
+        return {
+            pid: (name, seconds)
+            for pid, seconds in cpu.items()
+            if pid != os.getpid() and (name := self._group(pid, parents)) is not None
+        }
+
+    def snapshot(self) -> CpuSnapshot:
+        processes = self._processes()
         groups = dict.fromkeys(self.always, 0.0)
-        for pid, seconds in cpu.items():
-            if pid != os.getpid() and (name := self._group(pid, parents)) is not None:
-                groups[name] = groups.get(name, 0.0) + seconds
+        for name, seconds in processes.values():
+            groups[name] = groups.get(name, 0.0) + seconds
         times = os.times()
         groups[self.own] = times.user + times.system
         busy, total = machine_seconds()
-        return CpuSnapshot(time.monotonic(), groups, busy, total)
+        return CpuSnapshot(time.monotonic(), groups, busy, total, processes)
+
+    def follow(self, window: CpuSnapshot) -> None:
+        """Note every process's CPU now, in the window that ``window`` opened: call it now
+        and then, and cores_since counts the processes that exit before the window ends."""
+        window.seen.update(self._processes())
 
     def cores_since(self, before: CpuSnapshot) -> dict[str, float]:
         """Cores each group used on average since ``before``, plus "machine busy" and "other
-        processes" (busy, less every group)."""
+        processes" (busy, less every group). Per process: one that started in the window
+        counts from zero; one that exited in it counts what ``follow`` last saw of it."""
         after = self.snapshot()
         elapsed = after.at - before.at
         if elapsed <= 0:
             return {}
-        cores = {  # a process that exited in between takes its seconds with it: clamp at 0
-            name: max(0.0, (seconds - before.groups.get(name, 0.0)) / elapsed)
-            for name, seconds in after.groups.items()
-        }
-        spent = after.machine_total - before.machine_total
-        if spent > 0:
-            busy = (after.machine_busy - before.machine_busy) / spent * (os.cpu_count() or 1)
+        spent = dict.fromkeys(self.always, 0.0)
+        for pid, (name, seconds) in (before.seen | after.processes).items():
+            started = before.processes.get(pid, (name, 0.0))[1]
+            spent[name] = spent.get(name, 0.0) + max(0.0, seconds - started)
+        spent[self.own] = after.groups[self.own] - before.groups.get(self.own, 0.0)
+        cores = {name: seconds / elapsed for name, seconds in spent.items()}
+        machine = after.machine_total - before.machine_total
+        if machine > 0:
+            busy = (after.machine_busy - before.machine_busy) / machine * (os.cpu_count() or 1)
             cores["other processes"] = max(0.0, busy - sum(cores.values()))
             cores["machine busy"] = busy
         return cores
