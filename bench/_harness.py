@@ -160,7 +160,7 @@ def machine_busy(seconds: float) -> float:
 @dataclass
 class CpuSnapshot:
     at: float
-    groups: dict[str, float]  # group -> CPU seconds of its live processes
+    own: float  # CPU seconds of this process
     machine_busy: float
     machine_total: float
     processes: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (group, s)
@@ -210,13 +210,9 @@ class CpuSampler:
 
     def snapshot(self) -> CpuSnapshot:
         processes = self._processes()
-        groups = dict.fromkeys(self.always, 0.0)
-        for name, seconds in processes.values():
-            groups[name] = groups.get(name, 0.0) + seconds
         times = os.times()
-        groups[self.own] = times.user + times.system
         busy, total = machine_seconds()
-        return CpuSnapshot(time.monotonic(), groups, busy, total, processes)
+        return CpuSnapshot(time.monotonic(), times.user + times.system, busy, total, processes)
 
     def follow(self, window: CpuSnapshot) -> None:
         """Note every process's CPU now, in the window that ``window`` opened: call it now
@@ -235,7 +231,7 @@ class CpuSampler:
         for pid, (name, seconds) in (before.seen | after.processes).items():
             started = before.processes.get(pid, (name, 0.0))[1]
             spent[name] = spent.get(name, 0.0) + max(0.0, seconds - started)
-        spent[self.own] = after.groups[self.own] - before.groups.get(self.own, 0.0)
+        spent[self.own] = after.own - before.own
         cores = {name: seconds / elapsed for name, seconds in spent.items()}
         machine = after.machine_total - before.machine_total
         if machine > 0:

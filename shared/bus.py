@@ -189,7 +189,8 @@ class Relay:
         batch of 500 (2.2 s a batch).
         """
         connection = session.connection()
-        oldest, params = self.statements.oldest, dict[str, Any](limit=self.batch)
+        oldest = self.statements.oldest
+        params: dict[str, Any] = {"limit": self.batch}
         if settled:  # younger ones are the business of their process's relay thread
             oldest = self.statements.oldest_settled
             params["written_by"] = utcnow() - settled
@@ -285,9 +286,8 @@ def _relay_statements(dialect: str) -> RelayStatements:
     ).where(OutboxEvent.relayed_at.is_(None))
     oldest = pending.order_by(OutboxEvent.position).limit(bindparam("limit"))
     oldest_settled = oldest.where(OutboxEvent.created_at <= bindparam("written_by"))
-    of_articles = pending.where(
-        OutboxEvent.article_id.in_(json_elements(dialect, "article_ids"))
-    ).order_by(OutboxEvent.position)
+    of_articles_given = OutboxEvent.article_id.in_(json_elements(dialect, "article_ids"))
+    of_articles = pending.where(of_articles_given).order_by(OutboxEvent.position)
     if dialect == "postgresql":
         oldest = oldest.with_for_update(of=outbox, skip_locked=True)
         oldest_settled = oldest_settled.with_for_update(of=outbox, skip_locked=True)
@@ -296,10 +296,7 @@ def _relay_statements(dialect: str) -> RelayStatements:
         oldest=oldest,
         oldest_settled=oldest_settled,
         first_pending=select(OutboxEvent.article_id, func.min(OutboxEvent.position))
-        .where(
-            OutboxEvent.relayed_at.is_(None),
-            OutboxEvent.article_id.in_(json_elements(dialect, "article_ids")),
-        )
+        .where(OutboxEvent.relayed_at.is_(None), of_articles_given)
         .group_by(OutboxEvent.article_id),
         of_articles=of_articles,
         mark=update(OutboxEvent)

@@ -209,11 +209,11 @@ def _sqlite_steps(now: datetime) -> list[Executable]:
     # By primary key alone: the rows were picked in this transaction and are ours (the
     # write lock). A status test here made SQLite walk the status index instead of the
     # key, a tenth of a second per chunk.
-    in_chunk = ARTICLES.c.id.in_(select(pairs.c.value[0].as_string()))
-    event_id = pairs.c.value[1].as_string()
+    article_id, event_id = pairs.c.value[0].as_string(), pairs.c.value[1].as_string()
+    in_chunk = ARTICLES.c.id.in_(select(article_id))
     announce = _announce(
         select(event_id, ARTICLES.c.id, _envelope_object(ARTICLES.c, event_id, now))
-        .select_from(pairs.join(ARTICLES, ARTICLES.c.id == pairs.c.value[0].as_string()))
+        .select_from(pairs.join(ARTICLES, ARTICLES.c.id == article_id))
         .order_by(pairs.c.key),
         now,
     )
