@@ -36,7 +36,9 @@ class ArticleStatus(StrEnum):
 PUBLISHED = "status = 'published'"
 # Stories an editor is still working on, or has pulled: few, and never on a public page.
 UNLISTED = (ArticleStatus.DRAFT, ArticleStatus.SCHEDULED, ArticleStatus.RETRACTED)
-IS_UNLISTED = f"status IN ({', '.join(repr(s.value) for s in UNLISTED)})"
+# As equalities, not ``status IN (...)``: SQLite evaluated an IN list of three for the old
+# and the new row of every row an UPDATE touched, a third of the archive sweep's UPDATE.
+IS_UNLISTED = " OR ".join(f"status = '{s.value}'" for s in UNLISTED)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -49,9 +51,9 @@ def has_status(status: ArticleStatus) -> ColumnElement[bool]:
     on those rows serves a query only if the planner can see the value, and PostgreSQL's
     generic plans (psycopg prepares a statement run five times) have only a parameter.
     SQLite uses a partial index only for a query that carries its predicate's very terms:
-    for an unlisted status, the index's IN list is added."""
+    for an unlisted status, the index's predicate is added."""
     is_status = Article.status == literal(status.value, literal_execute=True)
-    return and_(is_status, text(IS_UNLISTED)) if status in UNLISTED else is_status
+    return and_(is_status, text(f"({IS_UNLISTED})")) if status in UNLISTED else is_status
 
 
 class Article(Base):
