@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,8 +73,7 @@ class Consumer:
             except Exception:  # rolled back: each event alone shows which one it was
                 outcomes = [o if o == DEAD else None for o in outcomes]
             else:
-                for index, event in parsed:
-                    self._log(event, outcomes[index])
+                self._log([event for _, event in parsed], [outcomes[i] for i, _ in parsed])
         for index, event in parsed:
             if outcomes[index] is None:
                 outcomes[index] = self._consume_one(raws[index], event)
@@ -95,7 +95,7 @@ class Consumer:
         except Exception as exc:  # a bug in a handler: keep the event for a replay after the fix
             log.exception("%s failed on %s %s", self.name, event["type"], event["id"])
             return self.dead_letter(raw, f"{type(exc).__name__}: {exc}", event["id"])
-        self._log(event, outcome)
+        self._log([event], [outcome])
         return outcome
 
     def _handle(self, session: Session, events: list[dict[str, Any]]) -> list[str]:
@@ -132,13 +132,25 @@ class Consumer:
         claim = insert_unless_present(session, ConsumedEvent, returning=[ConsumedEvent.event_id])
         return set(session.scalars(claim, rows))
 
-    def _log(self, event: dict[str, Any], outcome: str | None) -> None:
-        if outcome == DUPLICATE:
-            log.info("%s skipped duplicate %s %s", self.name, event["type"], event["id"])
-        else:
-            article = event["data"]["article_id"]
+    def _log(self, events: list[dict[str, Any]], outcomes: list[str | None]) -> None:
+        """One line at INFO for what a transaction handled, a line per event at DEBUG: a
+        sweep that archives 300,000 stories is not 300,000 lines at INFO."""
+        handled = list(zip(events, outcomes, strict=True))
+        if len(handled) == 1 or log.isEnabledFor(logging.DEBUG):
+            level = logging.INFO if len(handled) == 1 else logging.DEBUG
+            for event, outcome in handled:
+                article = event["data"]["article_id"]
+                what = f"{outcome} {event['type']} {event['id']} for article {article}"
+                log.log(level, "%s %s", self.name, what)
+        if len(handled) > 1:
+            counts = Counter(f"{outcome} {event['type']}" for event, outcome in handled)
             log.info(
-                "%s consumed %s %s for article %s", self.name, event["type"], event["id"], article
+                "%s handled %d events: %s (%s .. %s)",
+                self.name,
+                len(handled),
+                ", ".join(f"{n} {what}" for what, n in sorted(counts.items())),
+                events[0]["id"],
+                events[-1]["id"],
             )
 
     def dead_letter(self, raw: object, reason: str, event_id: str | None = None) -> str:
