@@ -865,13 +865,13 @@ def enqueue_events(db: Database, settings: Settings, corpus: Corpus, n: int) -> 
             row = article_row(f"bench-{tag}-{i}", f"{title} ({tag}-{i})", "", body, section, now)
             articles.append(row)
             data = {**Article(**row).snapshot(), "reason": None, "origin": "api"}
-            envelope = events.make_envelope(events.ARTICLE_PUBLISHED, data)
+            envelope = events.make_envelope(events.ARTICLE_PUBLISHED, data, time=now)
             outbox.append(
                 {
                     "event_id": envelope["id"],
                     "type": events.ARTICLE_PUBLISHED,
                     "article_id": row["id"],
-                    "envelope": envelope,
+                    "data": envelope["data"],
                     "created_at": now,
                     "attempts": 0,
                 }

@@ -125,12 +125,14 @@ _WRITE_EVENT = insert(OutboxEvent)
 
 def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """Write an event to the outbox, in the caller's transaction; returns its envelope."""
-    envelope = events.make_envelope(event_type, data)
+    now = utcnow()
+    envelope = events.make_envelope(event_type, data, time=now)
     row = {
         "event_id": envelope["id"],
         "type": event_type,
         "article_id": data["article_id"],
-        "envelope": envelope,
+        "data": envelope["data"],
+        "created_at": now,
     }
     session.connection().execute(_WRITE_EVENT, row)
     return envelope
@@ -246,8 +248,9 @@ class Relay:
         try:
             with self.sender.open() as send:
                 for chunk in batched(rows, MESSAGE_EVENTS):
+                    envelopes = [(row.type, events.envelope_of(row)) for row in chunk]
                     for queue in CONSUMERS:
-                        routed = [row.envelope for row in chunk if queue in ROUTES[row.type]]
+                        routed = [e for type_, e in envelopes if queue in ROUTES[type_]]
                         if routed:
                             send(queue, routed)
                     done += len(chunk)
@@ -282,7 +285,12 @@ def _relay_statements(dialect: str) -> RelayStatements:
     them by key, under a backlog thousands of times a minute."""
     outbox = OutboxEvent.__table__
     pending = select(
-        OutboxEvent.position, OutboxEvent.article_id, OutboxEvent.type, OutboxEvent.envelope
+        OutboxEvent.position,
+        OutboxEvent.article_id,
+        OutboxEvent.type,
+        OutboxEvent.event_id,
+        OutboxEvent.data,
+        OutboxEvent.created_at,
     ).where(OutboxEvent.relayed_at.is_(None))
     oldest = pending.order_by(OutboxEvent.position).limit(bindparam("limit"))
     oldest_settled = oldest.where(OutboxEvent.created_at <= bindparam("written_by"))

@@ -73,22 +73,40 @@ _envelope_schema = EnvelopeSchema()
 
 
 def make_envelope(
-    event_type: str, data: dict[str, Any], *, event_id: str | None = None
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    time: datetime | None = None,
 ) -> dict[str, Any]:
-    """Build the JSON envelope of an article event; ``data`` must hold ``article_id``."""
+    """Build the JSON envelope of a new article event; ``data`` must hold ``article_id``."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
+    data = {"schema_version": DATA_VERSION, **data}
+    return envelope(event_id or new_id(), event_type, data, time or datetime.now(UTC))
+
+
+def envelope(
+    event_id: str, event_type: str, data: dict[str, Any], time: datetime
+) -> dict[str, Any]:
+    """The envelope of an event: its CloudEvents attributes around its ``data``."""
     return {
         "specversion": SPECVERSION,
-        "id": event_id or new_id(),
+        "id": event_id,
         "source": SOURCE,
         "type": event_type,
         "subject": data["article_id"],
-        "time": datetime.now(UTC).isoformat(),
+        "time": time.astimezone(UTC).isoformat(),
         "datacontenttype": "application/json",
-        "dataschema": f"pressroom:{event_type}/v{DATA_VERSION}",
-        "data": {"schema_version": DATA_VERSION, **data},
+        "dataschema": f"pressroom:{event_type}/v{data.get('schema_version', DATA_VERSION)}",
+        "data": data,
     }
+
+
+def envelope_of(row: Any) -> dict[str, Any]:
+    """The envelope of an outbox row (ORM object or plain row): the row holds the event's
+    data, and its columns the attributes (``event_id``, ``type``, ``created_at``)."""
+    return envelope(row.event_id, row.type, row.data, row.created_at)
 
 
 def envelopes_in(message_arg: object) -> list[Any]:

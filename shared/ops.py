@@ -18,7 +18,7 @@ from sqlalchemy import exists, func, select, update
 from shared.bus import CONSUMERS, ROUTES, CelerySender, Sender, send_in_messages
 from shared.celery import broker_lists
 from shared.db import Database, utcnow
-from shared.events import envelopes_in
+from shared.events import envelope_of, envelopes_in
 from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
 
 # kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
@@ -184,7 +184,7 @@ def replay_events(
             ConsumedEvent.event_id == OutboxEvent.event_id, ConsumedEvent.consumer == queue
         )
         query = (
-            select(OutboxEvent.envelope)
+            select(OutboxEvent.event_id, OutboxEvent.type, OutboxEvent.data, OutboxEvent.created_at)
             .where(
                 OutboxEvent.created_at >= since,
                 OutboxEvent.relayed_at.is_not(None),
@@ -194,6 +194,6 @@ def replay_events(
             .order_by(OutboxEvent.position)
         )
         with db.reader() as session, sender.open() as send:
-            envelopes = session.scalars(query.execution_options(yield_per=1000))
-            sent[queue] = send_in_messages(send, queue, envelopes)
+            rows = session.execute(query.execution_options(yield_per=1000))
+            sent[queue] = send_in_messages(send, queue, map(envelope_of, rows))
     return sent

@@ -226,13 +226,13 @@ def _insert(session: Session, batch: list[dict[str, Any]]) -> None:
         if a["status"] != "published":
             continue
         data = {**Article(**a).snapshot(), "reason": None, "origin": "import"}
-        envelope = make_envelope(events.ARTICLE_PUBLISHED, data)
+        envelope = make_envelope(events.ARTICLE_PUBLISHED, data, time=a["created_at"])
         outbox.append(
             {
                 "event_id": envelope["id"],
                 "type": events.ARTICLE_PUBLISHED,
                 "article_id": a["id"],
-                "envelope": envelope,
+                "data": envelope["data"],
                 "created_at": a["created_at"],
                 "attempts": 0,
             }

@@ -18,7 +18,10 @@ class OutboxEvent(Base):
     """An event written in the same transaction as the change it describes.
 
     ``position`` orders events as they were written; ``relayed_at`` is set once the relay
-    has handed the event to every subscribed queue.
+    has handed the event to every subscribed queue. The row holds the event's ``data``;
+    its envelope's other attributes are the row's columns (``event_id``, ``type``,
+    ``created_at`` for the time, ``article_id`` for the subject), put around the data as
+    it is relayed (:func:`shared.events.envelope_of`).
     """
 
     __tablename__ = "outbox"
@@ -27,7 +30,7 @@ class OutboxEvent(Base):
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     type: Mapped[str] = mapped_column(String(64))
     article_id: Mapped[str] = mapped_column(String(36), index=True)
-    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, text
 from services.archiver.archiving import ANALYZE_FIRST, Pace, sweep
 from shared.db import is_postgres, new_id
 from shared.events import ARTICLE_ARCHIVED as ARCHIVED
-from shared.events import make_envelope, parse_envelope
+from shared.events import envelope_of, make_envelope, parse_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.models.article import event_data
 from tests.e2e.conftest import ROOT, process_env
@@ -116,7 +116,7 @@ def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, dat
         for row in rows:
             stored = session.get_one(Article, row.article_id)
             expected = make_envelope(ARCHIVED, event_data(stored, reason="aged", origin="sweep"))
-            swept = parse_envelope(row.envelope)
+            swept = parse_envelope(envelope_of(row))
             assert swept["id"] == row.event_id
             event_id = uuid.UUID(row.event_id)  # version 7: Unix milliseconds, then random
             assert event_id.version == 7 and event_id.variant == uuid.RFC_4122

@@ -91,8 +91,8 @@ def event_view(session: Session, article_id: str) -> list[dict[str, Any]]:
         {
             "id": row.event_id,
             "type": row.type,
-            "version": row.envelope["data"]["version"],
-            "time": datetime.fromisoformat(row.envelope["time"]),
+            "version": row.data["version"],
+            "time": row.created_at,
             "relayed_at": row.relayed_at,
             "consumers": [
                 {"consumer": name, "consumed_at": consumed.get((row.event_id, name))}
