@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import functools
 import logging
@@ -236,23 +237,61 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+class FifoLock:
+    """A lock handed to its waiters in the order they came.
+
+    ``threading.Lock`` is not fair: a thread that lets it go and asks again at once (a loop
+    of transactions, the archive sweep) usually gets it back before a waiting thread is even
+    scheduled, and the process's WAL checkpoint thread waited behind thousands of commits.
+    Here a release hands the lock straight to the longest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            handed = threading.Lock()
+            handed.acquire()
+            self._waiters.append(handed)
+        if handed.acquire(timeout=timeout):
+            return True
+        with self._mutex:
+            if handed in self._waiters:
+                self._waiters.remove(handed)
+                return False
+        return True  # handed over as the wait ran out: ours after all
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by that waiter
+            else:
+                self._held = False
+
+
 class WriterQueue:
-    """SQLite's writers, one at a time, queued in the kernel instead of polling the file.
+    """SQLite's writers, one at a time, queued instead of polling the file.
 
     SQLite has no way to wait for its write lock but to sleep and ask again, and between
     one writer's commit and the next one's question the lock sits idle. Writers that go
     through :meth:`Database.transaction` first take their turn here: the threads of a
-    process on a lock, then the processes on an ``flock`` of a file beside the database,
-    which the kernel hands to the next waiter the moment it is let go (or its holder
-    dies). BEGIN IMMEDIATE then rarely waits; when it does (a writer outside this queue),
-    it polls as before.
+    process in order on a :class:`FifoLock`, then the processes on an ``flock`` of a file
+    beside the database, which the kernel hands to a waiter the moment it is let go (or its
+    holder dies). BEGIN IMMEDIATE then rarely waits; when it does (a writer outside this
+    queue), it polls as before.
     """
 
     def __init__(self, database_file: str | None):
         in_memory = database_file in (None, "", ":memory:")
         self.path = None if in_memory else f"{database_file}-writers"
         # (the threads' lock, the open lock file): set once per process, read as one value
-        self._turnstile: tuple[threading.Lock, int | None] | None = None
+        self._turnstile: tuple[FifoLock, int | None] | None = None
         self._setting_up = threading.Lock()
         _QUEUES.add(self)
 
@@ -272,11 +311,11 @@ class WriterQueue:
         finally:
             threads.release()
 
-    def _set_up(self) -> tuple[threading.Lock, int | None]:
+    def _set_up(self) -> tuple[FifoLock, int | None]:
         with self._setting_up:
             if self._turnstile is None:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600) if self.path else None
-                self._turnstile = (threading.Lock(), fd)
+                self._turnstile = (FifoLock(), fd)
             return self._turnstile
 
     def _forget_after_fork(self) -> None:

@@ -8,12 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from shared.db import Checkpoints, Database, new_id
+from shared.db import Checkpoints, Database, FifoLock, new_id
 from shared.migrate import upgrade
 from shared.models import Article
 from tests.e2e.conftest import ROOT
@@ -109,3 +110,27 @@ def test_commits_reach_the_sqlite_file_without_any_commit_copying_them(tmp_path)
     assert child.exitcode == 0
     assert _in_file_itself(path) == 2001
     db.dispose()
+
+
+def test_a_waiting_writer_goes_before_the_holders_next_turn():
+    # A thread that lets its turn go and asks again at once must not overtake a thread
+    # already waiting (the WAL checkpoint thread behind a loop of commits).
+    turn, order = FifoLock(), []
+    assert turn.acquire(timeout=1)
+
+    def wait_for_a_turn() -> None:
+        assert turn.acquire(timeout=10)
+        order.append("waiter")
+        turn.release()
+
+    waiter = threading.Thread(target=wait_for_a_turn)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not turn._waiters and time.monotonic() < deadline:  # the waiter is in the queue
+        time.sleep(0.001)
+    turn.release()
+    assert turn.acquire(timeout=10)
+    order.append("holder, again")
+    turn.release()
+    waiter.join(10)
+    assert order == ["waiter", "holder, again"]
