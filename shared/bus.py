@@ -248,9 +248,9 @@ class Relay:
         try:
             with self.sender.open() as send:
                 for chunk in batched(rows, MESSAGE_EVENTS):
-                    envelopes = [(row.type, events.envelope_of(row)) for row in chunk]
+                    envelopes = [events.envelope_of(row) for row in chunk]
                     for queue in CONSUMERS:
-                        routed = [e for type_, e in envelopes if queue in ROUTES[type_]]
+                        routed = [e for e in envelopes if queue in ROUTES[e["type"]]]
                         if routed:
                             send(queue, routed)
                     done += len(chunk)
