@@ -12,11 +12,13 @@ import contextlib
 import http.client
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from shared.config import normalise_database_url
 from shared.db import new_id
+from shared.embedded_postgres import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -246,25 +249,36 @@ class CpuSampler:
 
 
 class Databases:
-    """A SQLite file in each VAR_DIR, or throwaway PostgreSQL databases (named ``prefix`` and
-    a random suffix) on ``server_url``'s server, dropped by ``drop`` or ``drop_all``."""
+    """Throwaway PostgreSQL databases (named ``prefix`` and a random suffix) on
+    ``server_url``'s server, or, without one, on an embedded PostgreSQL the bench starts
+    (the server ``pressroom up`` runs by default); dropped by ``drop`` or ``drop_all``."""
 
     def __init__(self, server_url: str | None, prefix: str):
         self.server_url = normalise_database_url(server_url) if server_url else None
         self.prefix = prefix
         self.created: list[str] = []
+        self.embedded: EmbeddedPostgres | None = None
+
+    def _server(self) -> str:
+        if self.server_url is None:
+            base = Path(tempfile.mkdtemp(prefix="pressroom-bench-pg-"))
+            base.chmod(0o755)  # reachable by the server's user when run as root
+            self.embedded = EmbeddedPostgres(base / "data")
+            self.embedded.initialise()
+            self.embedded.start()
+            self.server_url = self.embedded.url
+        return self.server_url
 
     def fresh(self, var_dir: Path) -> str:
         """The URL of a new, empty database for a run whose VAR_DIR is ``var_dir``."""
-        if self.server_url is None:
-            return f"sqlite:///{var_dir / 'pressroom.db'}"
+        server_url = self._server()
         name = f"{self.prefix}{uuid.uuid4().hex[:12]}"
         self._admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
-        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
     def drop(self, url: str) -> None:
-        """Drop a database made by ``fresh`` (nothing to do for SQLite's files)."""
+        """Drop a database made by ``fresh``."""
         name = make_url(url).database
         if name in self.created:
             self._drop(name)
@@ -272,6 +286,10 @@ class Databases:
     def drop_all(self) -> None:
         for name in list(self.created):
             self._drop(name)
+        if self.embedded is not None:
+            self.embedded.stop()
+            shutil.rmtree(self.embedded.data_dir.parent, ignore_errors=True)
+            self.embedded, self.server_url = None, None
 
     def _drop(self, name: str) -> None:
         self.created.remove(name)
@@ -281,12 +299,8 @@ class Databases:
             say(f"could not drop database {name}: {exc}")
 
     def server_version(self) -> str:
-        """The database's version, e.g. "SQLite 3.40.1" or "PostgreSQL 15.20 (Debian ...)"."""
-        if self.server_url is None:
-            import sqlite3
-
-            return f"SQLite {sqlite3.sqlite_version}"
-        engine = create_engine(self.server_url)
+        """The database's version, e.g. "PostgreSQL 15.20 (Debian ...)"."""
+        engine = create_engine(self._server())
         try:
             with engine.connect() as conn:
                 return f"PostgreSQL {conn.execute(text('SHOW server_version')).scalar()}"
@@ -294,8 +308,7 @@ class Databases:
             engine.dispose()
 
     def _admin(self, statement: str) -> None:
-        assert self.server_url is not None
-        engine = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        engine = create_engine(self._server(), isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text(statement))
@@ -303,11 +316,9 @@ class Databases:
             engine.dispose()
 
 
-def reader(url: str) -> Engine:
-    """The bench's own reads: plain deferred transactions, so they never take SQLite's write
-    lock the way the product's sessions do (BEGIN IMMEDIATE), and never slow the stack."""
-    if url.startswith("sqlite"):
-        return create_engine(url, connect_args={"timeout": 30})
+def reader(url: str | None) -> Engine:
+    """The bench's own reads, on an engine of their own."""
+    assert url is not None
     return create_engine(url, pool_pre_ping=True)
 
 

@@ -1,15 +1,15 @@
 """Archive sweep benchmark: bulk-load, one full sweep, a naive baseline, the publisher's latency.
 
-Each run, on a fresh database (a SQLite file in a temporary VAR_DIR, or a throwaway
-PostgreSQL database created on ``--database-url``'s server and dropped at the end):
+Each run, on a fresh throwaway database on ``--database-url``'s server, or on an embedded
+PostgreSQL the bench starts, dropped at the end:
 
 1. Load: the schema (``shared.migrate.upgrade``), then ``--articles`` published articles with
    short bodies, of which ``--aged`` were published 400-700 days ago (ARCHIVE_AFTER_DAYS=180)
    and the rest within the last 170 days (``--layout``: chronological, the table grown oldest
    first, or interleaved, the aged rows spread through it); plus ``--naive-sample`` more aged
-   articles, older than all the others, for the naive loop. SQLite: SQLAlchemy core
-   executemany in batches; PostgreSQL: ``COPY`` through psycopg, then ``VACUUM ANALYZE`` (what
-   autovacuum does soon after a load like this in production). Load time is reported.
+   articles, older than all the others, for the naive loop: ``COPY`` through psycopg, then
+   ``VACUUM ANALYZE`` (what autovacuum does soon after a load like this in production).
+   Load time is reported.
 2. The real stack (``python -m services.cli up``: gunicorn, workers, beat, embedded Redis as
    REDIS_URL is unset) on a free port, an editor token from
    ``python -m services.cli token create --role editor``, then a paced loopback client
@@ -283,14 +283,7 @@ def load(url: str, n: int, m: int, layout: str) -> float:
         upgrade(engine)
         now = datetime.now(UTC)
         t0 = time.perf_counter()
-        if url.startswith("sqlite"):
-            done = 0
-            for start in range(0, n, LOAD_BATCH * 5):
-                stop = min(n, start + LOAD_BATCH * 5)
-                done += load_core(engine, bench_rows(start, stop, n, m, layout, now))
-                say(f"  loaded {done:,} / {n:,}")
-        else:
-            load_postgres_copy(url, n, m, layout, now)
+        load_postgres_copy(url, n, m, layout, now)
         return time.perf_counter() - t0
     finally:
         engine.dispose()
@@ -647,9 +640,9 @@ def naive_child(limit: int) -> None:
     from shared.models import ArticleStatus
 
     settings = Settings.from_env()
-    db = Database(settings.database_url)
+    db = Database(settings.db_url)
     t0 = time.perf_counter()
-    with db.sessionmaker() as session:
+    with db.session() as session:
         due = due_for_archiving(settings, utcnow())
         ids = list(
             session.scalars(
@@ -814,7 +807,7 @@ def one_run(args: argparse.Namespace, databases: Databases, run: int, base: Path
                 )
         stack.stop()
         # Nothing is due any more: start-up plus one pass over the published rows, on a
-        # stopped stack so the relay's backlog does not hold SQLite's write lock meanwhile.
+        # stopped stack.
         resweep = run_sweep(env, None)
         if resweep.archived != 0:
             problems.append(f"a second sweep archived {resweep.archived:,}, expected 0")
@@ -1036,7 +1029,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--database-url",
         default=None,
         help="PostgreSQL server URL: a throwaway database is created there and dropped "
-        "(default: SQLite in a temporary VAR_DIR)",
+        "(default: an embedded PostgreSQL the bench starts)",
     )
     parser.add_argument("--articles", type=int, default=1_000_000)
     parser.add_argument("--aged", type=int, default=300_000)

@@ -12,7 +12,7 @@
 
 Parts 1 and 2 run against ``python -m services.cli up`` (gunicorn, both workers, beat,
 embedded Redis) on a free port and a fresh VAR_DIR; part 3 starts the embedded Redis and the
-workers (``python -m services.cli worker ...``) itself. SQLite by default;
+workers (``python -m services.cli worker ...``) itself. Embedded PostgreSQL by default;
 ``--database-url postgresql://...`` creates throwaway databases on that server and drops them.
 Every figure is the median of ``--runs`` runs.
 
@@ -85,13 +85,14 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.engine import make_url
 
 from shared import events
-from shared.bus import CONSUMERS, MESSAGE_EVENTS, ROUTES, CelerySender, Relay
+from shared.bus import CONSUMERS, MESSAGE_EVENTS, ROUTES, CelerySender
 from shared.celery import broker_lists, create_celery
 from shared.config import Settings
 from shared.db import Database, make_engine, new_id, utcnow
 from shared.embedded_redis import server_argv, wait_until_ready
 from shared.migrate import upgrade
 from shared.models import Article, ConsumedEvent, OutboxEvent
+from shared.relay import Relay
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bbc-dev.csv"
 
@@ -1033,11 +1034,11 @@ def run_part3(
         settings = Settings.from_env(env)
         log = var_dir / "workers.log"
         broker = Broker(settings)
-        db = Database(settings.database_url)
-        engine = reader(settings.database_url)
+        db = Database(settings.db_url)
+        engine = reader(settings.db_url)
         try:
             broker.start()
-            migrate = make_engine(settings.database_url)
+            migrate = make_engine(settings.db_url)
             try:
                 upgrade(migrate)
             finally:
@@ -1164,7 +1165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--database-url",
         default=None,
         help="a PostgreSQL server URL: throwaway databases are created on it and dropped "
-        "(default: SQLite under a temporary VAR_DIR)",
+        "(default: an embedded PostgreSQL the bench starts)",
     )
     parser.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 1,2")
     parser.add_argument("--clients", type=int, default=32, help="part 1 concurrent clients")
@@ -1234,13 +1235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     databases = Databases(args.database_url, "pressroom_bench_")
     corpus = load_corpus(args.data)
-    settings = Settings.from_env(stack_env(Path("/nonexistent"), "sqlite://"))
+    settings = Settings.from_env(stack_env(Path("/nonexistent"), "postgresql://unused@/none"))
     workdir = Path(tempfile.mkdtemp(prefix="pressroom-bench-"))
     command = reproduce(args)
     busy = machine_busy(2.0)
     header = [
         "Pressroom publish benchmark",
-        f"  reproduce: {shlex.join(command)}   (make bench = the defaults, SQLite)",
+        f"  reproduce: {shlex.join(command)}   (make bench = the defaults, embedded PostgreSQL)",
         f"  tree: {tree_state()}",
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python "
         f"{platform.python_version()}; database {databases.server_version()}; "

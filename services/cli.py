@@ -1,4 +1,10 @@
-"""The ``pressroom`` command: parses arguments and calls each service's code, nothing more."""
+"""The ``pressroom`` command: parses arguments and calls each service's code, nothing more.
+
+Every command works whether or not ``pressroom up`` is running. With the embedded
+PostgreSQL (DATABASE_URL unset) a command uses the stack's server when it runs, and
+otherwise starts the server for its own run and stops it after. Commands that need the
+broker and find the embedded Redis stopped say so in one line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import click
 
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.runtime import Runtime, database_server
 
 
 def _settings() -> Settings:
@@ -19,6 +26,36 @@ def _settings() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _runtime(name: str = "cli", *, broker: bool = False) -> Iterator[Runtime]:
+    """The one runtime a command works with, its database server running meanwhile."""
+    settings = _settings()
+    try:
+        with database_server(settings):
+            runtime = Runtime(settings, name)
+            try:
+                if broker:
+                    _check_broker(runtime)
+                yield runtime
+            finally:
+                runtime.close()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _check_broker(runtime: Runtime) -> None:
+    import redis
+
+    try:
+        runtime.redis.ping()
+    except redis.RedisError:
+        if runtime.settings.embedded_redis:
+            raise click.ClickException(
+                "the embedded Redis is not running: start the stack first (make run)"
+            ) from None
+        raise click.ClickException("the broker at REDIS_URL does not answer") from None
 
 
 @click.group()
@@ -46,11 +83,10 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    from shared.db import make_engine
     from shared.migrate import upgrade
 
-    engine = make_engine(_settings().database_url)
-    upgrade(engine)
+    with _runtime() as runtime:
+        upgrade(runtime.db.engine)
     click.echo("database schema is up to date", err=True)
 
 
@@ -64,13 +100,49 @@ def token() -> None:
 @click.option("--name", default=None, help="Who or what the token is for.")
 def token_create(role: str, name: str | None) -> None:
     """Create a token and print it (only the token, on stdout); it is not shown again."""
-    from shared.db import Database
     from shared.tokens import create_token
 
-    database = Database(_settings().database_url)
-    with database.transaction() as session:
+    with _runtime() as runtime, runtime.db.transaction() as session:
         value = create_token(session, role, name)
     click.echo(value)
+
+
+@token.command("list")
+def token_list() -> None:
+    """Tokens: id, role, name, when made and when revoked (never the token itself)."""
+    from shared.tokens import list_tokens
+
+    with _runtime() as runtime, runtime.db.session() as session:
+        tokens = list_tokens(session)
+    if not tokens:
+        click.echo("no tokens yet: pressroom token create --role editor", err=True)
+    for t in tokens:
+        revoked = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        click.echo(f"{t.id}  {t.role:<6}  {t.name:<24}  {t.created_at:%Y-%m-%d %H:%M}  {revoked}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id (from `token list`)."""
+    from shared.tokens import revoke_token
+
+    with _runtime() as runtime, runtime.db.transaction() as session:
+        found = revoke_token(session, token_id, actor=f"cli:{_whoami()}")
+    if not found:
+        raise click.ClickException(f"no active token with id {token_id!r}")
+    click.echo(f"revoked {token_id}", err=True)
+
+
+@main.command()
+def relay() -> None:
+    """Run the relay: outbox to broker, due publications, resending what was lost."""
+    from services.relay import run_relay
+    from shared.logs import configure_logging
+
+    with _runtime("relay") as runtime:
+        configure_logging(runtime.settings.log_level, runtime.settings.secrets())
+        run_relay(runtime)
 
 
 @main.command()
@@ -80,12 +152,13 @@ def worker(service: str, concurrency: int | None) -> None:
     """Run a consumer worker on its own queue."""
     from services.workers import run_worker
 
-    run_worker(_settings(), service, concurrency)
+    with _runtime(service) as runtime:
+        run_worker(runtime.settings, service, concurrency)
 
 
 @main.command()
 def beat() -> None:
-    """Run Celery beat: outbox sweep, due publications, archive sweep."""
+    """Run Celery beat: the workers' periodic jobs (the archive sweep)."""
     from services.workers import run_beat
 
     run_beat(_settings())
@@ -100,11 +173,11 @@ def archive() -> None:
 def archive_sweep() -> None:
     """Archive every story past its age now, in the foreground; prints how many."""
     from services.archiver.archiving import sweep
-    from shared.db import Database
 
-    settings = _settings()
-    database = Database(settings.database_url)
-    archived = sweep(database, settings, on_chunk=lambda n: click.echo(f"archived {n}", err=True))
+    with _runtime() as runtime:
+        archived = sweep(
+            runtime.db, runtime.settings, on_chunk=lambda n: click.echo(f"archived {n}", err=True)
+        )
     click.echo(archived)
 
 
@@ -128,11 +201,13 @@ def _article_action(article: str, action: str, reason: str) -> None:
     from services.publisher.articles.service import act_by_hand
     from shared.errors import PressroomError
 
-    settings = _settings()
-    try:
-        status = act_by_hand(settings, article, action, reason, actor=f"cli:{_whoami()}")
-    except (PressroomError, LookupError) as exc:
-        raise click.ClickException(str(exc)) from None
+    with _runtime() as runtime:
+        try:
+            status = act_by_hand(
+                runtime.db, runtime.settings, article, action, reason, actor=f"cli:{_whoami()}"
+            )
+        except (PressroomError, LookupError) as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"{article}: {status}")
 
 
@@ -149,15 +224,9 @@ def queues(as_json: bool) -> None:
     import json
 
     from shared import ops
-    from shared.celery import create_celery
-    from shared.db import Database
 
-    settings = _settings()
-    snap = ops.snapshot(
-        Database(settings.database_url),
-        settings.redis_client_url,
-        create_celery(settings, "cli"),
-    )
+    with _runtime() as runtime:
+        snap = ops.snapshot(runtime.db, runtime.settings.redis_client_url, runtime.celery)
     if as_json:
         click.echo(json.dumps(snap.as_dict(), indent=2))
     else:
@@ -197,7 +266,6 @@ def dlq_list(consumer: str | None, show_all: bool) -> None:
     """List dead letters, oldest first."""
     from sqlalchemy import select
 
-    from shared.db import Database
     from shared.models import DeadLetter
 
     query = select(DeadLetter).order_by(DeadLetter.id)
@@ -205,15 +273,16 @@ def dlq_list(consumer: str | None, show_all: bool) -> None:
         query = query.where(DeadLetter.consumer == consumer)
     if not show_all:
         query = query.where(DeadLetter.replayed_at.is_(None))
-    with Database(_settings().database_url).sessionmaker() as session:
-        for letter in session.scalars(query):
-            replayed = (
-                f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
-            )
-            click.echo(
-                f"#{letter.id} {letter.created_at:%Y-%m-%d %H:%M:%S} {letter.consumer} "
-                f"event={letter.event_id or '-'}{replayed}\n    {letter.reason}"
-            )
+    with _runtime() as runtime, runtime.db.session() as session:
+        letters = list(session.scalars(query))
+    if not letters:
+        click.echo("no dead letters", err=True)
+    for letter in letters:
+        replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
+        click.echo(
+            f"#{letter.id} {letter.created_at:%Y-%m-%d %H:%M:%S} {letter.consumer} "
+            f"event={letter.event_id or '-'}{replayed}\n    {letter.reason}"
+        )
 
 
 @dlq.command("replay")
@@ -223,15 +292,10 @@ def dlq_replay(consumer: str | None, ids: tuple[int, ...]) -> None:
     """Send dead letters back to their consumer's queue (after the cause is fixed)."""
     from shared import ops
     from shared.bus import CelerySender
-    from shared.celery import create_celery
-    from shared.db import Database
 
-    settings = _settings()
-    sender = CelerySender(create_celery(settings, "cli"))
-    with _broker_answers("the letters stay to replay"):
-        count = ops.replay_dead_letters(
-            Database(settings.database_url), sender, consumer, list(ids)
-        )
+    with _runtime(broker=True) as runtime, _broker_answers("the letters stay to replay"):
+        sender = CelerySender(runtime.celery)
+        count = ops.replay_dead_letters(runtime.db, sender, consumer, list(ids))
     click.echo(f"replayed {count} dead letters")
 
 
@@ -247,14 +311,11 @@ def events_replay(since: datetime, consumer: str | None) -> None:
     """Resend events since T that a consumer has not consumed (e.g. after Redis lost data)."""
     from shared import ops
     from shared.bus import CelerySender
-    from shared.celery import create_celery
-    from shared.db import Database
 
-    settings = _settings()
-    sender = CelerySender(create_celery(settings, "cli"))
     since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-    with _broker_answers("run it again once it is back; the ledgers skip what was already sent"):
-        sent = ops.replay_events(Database(settings.database_url), sender, since, consumer)
+    then = "run it again once it is back; the ledgers skip what was already sent"
+    with _runtime(broker=True) as runtime, _broker_answers(then):
+        sent = ops.replay_events(runtime.db, CelerySender(runtime.celery), since, consumer)
     for queue, count in sent.items():
         click.echo(f"{queue}: resent {count} events")
 
@@ -274,16 +335,15 @@ def import_csv(path: Path, status: str) -> None:
     or not at all."""
     from services.publisher.importer import ImportFailed, import_file
 
-    settings = _settings()
-    try:
-        report = import_file(settings, path, status=status, progress=_progress)
-    except ImportFailed as exc:
-        raise click.ClickException(f"{path}: {exc}; nothing was imported") from None
+    with _runtime() as runtime:
+        try:
+            report = import_file(runtime.db, path, status=status, progress=_progress)
+        except ImportFailed as exc:
+            raise click.ClickException(f"{path}: {exc}; nothing was imported") from None
     for problem in report.rejected:
         click.echo(f"line {problem.line}: {problem.reason}", err=True)
     click.echo(
-        f"imported {report.imported} articles, rejected {len(report.rejected)} rows, "
-        f"relayed {report.relayed} events",
+        f"imported {report.imported} articles, rejected {len(report.rejected)} rows",
         err=True,
     )
     click.echo(report.imported)

@@ -10,7 +10,7 @@ from shared.logs import configure_logging
 
 
 def run_worker(settings: Settings, service: str, concurrency: int | None = None) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.secrets())
     if service == "archiver":
         from services.archiver.celery_app import create_app
     else:
@@ -30,7 +30,7 @@ def run_worker(settings: Settings, service: str, concurrency: int | None = None)
 
 
 def run_beat(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.secrets())
     app = create_celery(settings, "beat")
     app.conf.beat_schedule = beat_schedule(settings)
     settings.var_dir.mkdir(parents=True, exist_ok=True)

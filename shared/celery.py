@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.transport.redis import Channel
 
 from shared.config import Settings
 from shared.consumer import RETRYABLE
@@ -17,18 +16,10 @@ VISIBILITY_TIMEOUT_S = 3600
 TASK_TIME_LIMIT_S = 600
 BROKER_SOCKET_TIMEOUT_S = 5
 
-# Redis has no priorities of its own: kombu keeps one list per step and a worker takes from
-# the first non-empty one. Beat's periodic jobs go first, so a due publication is not stuck
-# behind a backlog of events in the same queue (an archive sweep leaves 300,000 of them);
-# events keep their order among themselves, all at one step. Lower is sooner.
-PRIORITY_STEPS = [0, 9]
-PERIODIC_PRIORITY = 0
-EVENT_PRIORITY = 9
-
 
 def broker_lists(queue: str) -> list[str]:
-    """The Redis lists that hold ``queue``'s messages, the first served first."""
-    return [f"{queue}{Channel.sep}{step}" if step else queue for step in PRIORITY_STEPS]
+    """The Redis lists that hold ``queue``'s messages (one: no priority steps)."""
+    return [queue]
 
 
 # How every event consumer task is declared: acknowledged after it ran, and a transient
@@ -65,7 +56,6 @@ def create_celery(settings: Settings, name: str) -> Celery:
             # A broker that takes the connection and then hangs fails a send after this
             # long instead of holding the relay forever (above the 1 s BRPOP poll).
             "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
-            "priority_steps": PRIORITY_STEPS,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
@@ -78,18 +68,17 @@ def create_celery(settings: Settings, name: str) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Periodic jobs. Each expires before the next one is due, so a backlog never piles them up."""
+    """The workers' periodic jobs (the relay runs its own: outbox, due publications). Each
+    expires before the next one is due, so a backlog never piles them up."""
 
     def every(seconds: int, task: str, queue: str) -> dict[str, Any]:
         return {
             "task": task,
             "schedule": timedelta(seconds=seconds),
-            "options": {"queue": queue, "expires": seconds, "priority": PERIODIC_PRIORITY},
+            "options": {"queue": queue, "expires": seconds},
         }
 
     return {
-        "outbox-sweep": every(settings.outbox_sweep_seconds, "pressroom.outbox_sweep", "archiver"),
-        "publish-due": every(settings.schedule_sweep_seconds, "pressroom.publish_due", "archiver"),
         "archive-sweep": every(
             settings.archive_sweep_seconds, "archiver.archive_sweep", "archiver"
         ),

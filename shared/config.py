@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from shared.errors import ConfigError
 
@@ -56,7 +57,7 @@ def normalise_database_url(url: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
-    database_url: str
+    database_url: str | None  # None: the embedded PostgreSQL under var_dir
     redis_url: str | None
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key: str = field(default="", repr=False)
@@ -65,15 +66,31 @@ class Settings:
     archive_policy: dict[str, int | None] = field(default_factory=dict)
     archive_sweep_seconds: int = 600
     archive_sweep_chunk: int = 2000
-    archive_sweep_chunk_ms: int = 40
     archive_sweep_workers: int = 2
     outbox_sweep_seconds: int = 5
     schedule_sweep_seconds: int = 5
+    redeliver_after_seconds: int = 120
     webhook_allow_private: bool = False
     port: int = 8000
     web_workers: int = 2
     worker_concurrency: int = 2
     log_level: str = "INFO"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The embedded PostgreSQL's data directory (and its socket's)."""
+        return self.var_dir / "postgres"
+
+    @property
+    def db_url(self) -> str:
+        """The database to connect to: DATABASE_URL, or the embedded server's socket."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"postgresql+psycopg://postgres@/postgres?host={self.postgres_dir}"
 
     @property
     def embedded_redis(self) -> bool:
@@ -93,6 +110,14 @@ class Settings:
         """The same server in the form redis-py understands."""
         return self.redis_url or f"unix://{self.redis_socket}"
 
+    def secrets(self) -> list[str]:
+        """What no log line may show: the passwords in the service URLs, the secret key."""
+        found = [self.secret_key]
+        for url in (self.database_url, self.redis_url, self.smtp_url):
+            if url and (password := urlsplit(url).password):
+                found += [password, quote(password, safe="")]
+        return [s for s in found if s]
+
     def archive_age_days(self, section: str | None) -> int | None:
         """Days after publication at which a story of this section is archived (None: never)."""
         if section is not None and section in self.archive_policy:
@@ -106,9 +131,7 @@ class Settings:
         port = _int(env, "PORT", 8000)
         return cls(
             var_dir=var_dir,
-            database_url=normalise_database_url(
-                env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'pressroom.db'}"
-            ),
+            database_url=_database_url(env.get("DATABASE_URL")),
             redis_url=env.get("REDIS_URL") or None,
             public_base_url=(env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
             secret_key=env.get("SECRET_KEY") or _stored_secret(var_dir),
@@ -117,16 +140,25 @@ class Settings:
             archive_policy=parse_archive_policy(env.get("ARCHIVE_POLICY", "")),
             archive_sweep_seconds=_int(env, "ARCHIVE_SWEEP_SECONDS", 600),
             archive_sweep_chunk=_int(env, "ARCHIVE_SWEEP_CHUNK", 2000),
-            archive_sweep_chunk_ms=_int(env, "ARCHIVE_SWEEP_CHUNK_MS", 40),
             archive_sweep_workers=_int(env, "ARCHIVE_SWEEP_WORKERS", 2),
             outbox_sweep_seconds=_int(env, "OUTBOX_SWEEP_SECONDS", 5),
             schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),
+            redeliver_after_seconds=_int(env, "REDELIVER_AFTER_SECONDS", 120),
             webhook_allow_private=_bool(env.get("WEBHOOK_ALLOW_PRIVATE")),
             port=port,
             web_workers=_int(env, "WEB_CONCURRENCY", 2),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         )
+
+
+def _database_url(given: str | None) -> str | None:
+    if not given:
+        return None
+    url = normalise_database_url(given)
+    if not url.startswith("postgresql"):
+        raise ConfigError("DATABASE_URL must be a PostgreSQL URL (postgresql://...)")
+    return url
 
 
 def _stored_secret(var_dir: Path) -> str:

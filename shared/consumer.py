@@ -22,6 +22,7 @@ from shared.db import Database, insert_unless_present
 from shared.errors import PermanentError, TransientError
 from shared.events import envelopes_in, parse_envelope
 from shared.models import ConsumedEvent, DeadLetter
+from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,21 @@ DEAD = "dead-lettered"
 
 
 class Consumer:
-    """One consumer service: its name (also its queue) and a handler per event type."""
+    """One consumer service: its name (also its queue) and a handler per event type.
 
-    def __init__(self, name: str, db: Database, handlers: dict[str, Handler]):
+    A handler runs inside the ledger transaction and writes rows only; slow work (network
+    calls, heavy computing) it leaves as due work (:mod:`shared.work`) for after the commit.
+    """
+
+    def __init__(self, name: str, runtime: Runtime | Database, handlers: dict[str, Handler]):
         self.name = name
-        self.db = db
+        self._runtime = runtime
         self.handlers = handlers
+
+    @property
+    def db(self) -> Database:
+        # From the runtime at each use: a forked pool process opens its own.
+        return self._runtime if isinstance(self._runtime, Database) else self._runtime.db
 
     def consume_message(self, message: object) -> list[str]:
         """Handle what one broker message carried: a list of envelopes, oldest first (or a

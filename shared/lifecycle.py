@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from shared import bus, events
-from shared.db import is_postgres, utcnow
+from shared.db import utcnow
 from shared.errors import InvalidTransition
 from shared.models import Article, ArticleHistory, has_status
 from shared.models import ArticleStatus as S
@@ -109,9 +109,8 @@ def announce(
 def publish_due(session: Session, now: datetime | None = None, limit: int = 200) -> list[str]:
     """Publish every scheduled article whose time has come; returns their ids.
 
-    Safe to run from several beats at once: on PostgreSQL rows held by another sweep are
-    skipped, on SQLite the transaction holds the write lock; a published article is no
-    longer ``scheduled``, so it is never published twice.
+    Safe to run from several relays at once: rows held by another are skipped, and a
+    published article is no longer ``scheduled``, so it is never published twice.
     """
     now = now or utcnow()
     query = (
@@ -120,9 +119,7 @@ def publish_due(session: Session, now: datetime | None = None, limit: int = 200)
         .order_by(Article.publish_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    due = session.scalars(query).all()
+    due = session.scalars(query.with_for_update(skip_locked=True)).all()
     for article in due:
         transition(session, article, S.PUBLISHED, actor="scheduler", now=now)
     return [a.id for a in due]

@@ -86,7 +86,7 @@ def queue_states(client: redis.Redis, names: Iterable[str], now: datetime) -> li
 
 def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Snapshot:
     now = utcnow()
-    with db.reader() as session:
+    with db.session() as session:
         pending, oldest = session.execute(
             select(func.count(), func.min(OutboxEvent.created_at)).where(
                 OutboxEvent.relayed_at.is_(None)
@@ -193,7 +193,7 @@ def replay_events(
             )
             .order_by(OutboxEvent.position)
         )
-        with db.reader() as session, sender.open() as send:
+        with db.session() as session, sender.open() as send:
             rows = session.execute(query.execution_options(yield_per=1000))
             sent[queue] = send_in_messages(send, queue, map(envelope_of, rows))
     return sent

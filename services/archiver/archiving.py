@@ -4,12 +4,11 @@ An article is due when it is published, not evergreen, and either its own ``arch
 has passed or, without one, it was published longer ago than its section's age
 (ARCHIVE_POLICY, else ARCHIVE_AFTER_DAYS).
 
-The sweep works in chunks (see :class:`Pace` for their size), each one short transaction
+The sweep works in chunks of ARCHIVE_SWEEP_CHUNK stories, each one short transaction
 that archives the chunk, audits it and writes its ``article.archived`` events to the
 outbox. Killed half-way, it has lost nothing: committed chunks are done, the open one
 rolled back, and the next sweep carries on. Two sweeps at once never archive a story
-twice: on PostgreSQL each skips rows the other holds; on SQLite each chunk holds the
-write lock; and only ``published`` rows are ever picked.
+twice: each skips rows the other holds, and only ``published`` rows are ever picked.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import functools
 import json
 import operator
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -27,9 +25,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     ColumnElement,
-    Integer,
     Select,
-    String,
     Table,
     Text,
     and_,
@@ -39,7 +35,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    literal_column,
     or_,
     select,
     true,
@@ -56,7 +51,6 @@ from shared.db import (
     Database,
     UTCDateTime,
     analyze,
-    is_postgres,
     new_id,
     utcnow,
 )
@@ -68,7 +62,7 @@ ARTICLES: Table = Article.__table__  # type: ignore[assignment]
 HISTORY: Table = ArticleHistory.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 SWEEPER = "archiver:sweep"
-# On PostgreSQL the outbox's statistics are refreshed once the sweep has written this many
+# The outbox's statistics are refreshed once the sweep has written this many
 # events, then each time it has written four times as many as at the last refresh.
 ANALYZE_FIRST = 2_000
 
@@ -93,8 +87,7 @@ def due_by_age(settings: Settings, now: datetime) -> ColumnElement[bool]:
 
     Bounded by the latest of the sections' cutoffs as well, so a walk of the
     (status, published_at) index stops there: without the bound, the chunk that found the
-    last due stories went on through every younger one (a million rows, a third of a second
-    holding SQLite's write lock, twice a sweep).
+    last due stories went on through every younger one (a million rows, twice a sweep).
     """
     rules: list[ColumnElement[bool]] = []
     cutoffs: list[datetime] = []
@@ -119,34 +112,30 @@ def due_by_age(settings: Settings, now: datetime) -> ColumnElement[bool]:
 class ChunkStatements:
     """The sweep's statements, built once per sweep; a chunk binds only its size and ids.
 
-    Set-based: a chunk's ids are picked once, then one UPDATE and two INSERT ... SELECT
-    statements (on PostgreSQL, one statement of the three) archive, audit and announce the
-    whole chunk inside the database. Building rows in Python and sending them back cost
-    more than everything else together; building the statements again for every chunk cost
-    a tenth of a SQLite sweep.
+    Set-based: a chunk's ids are picked once, then one statement archives, audits and
+    announces the whole chunk inside the database. Building rows in Python and sending
+    them back cost more than everything else together.
 
     Event ids are made in Python like every other event's (time-ordered, so the outbox's
-    event_id index grows at its right edge): drawing them in SQL cost an eighth of a SQLite
-    sweep. They are bound with the chunk's article ids, in the chunk's order.
+    event_id index grows at its right edge). They are bound with the chunk's article ids,
+    in the chunk's order.
     """
 
-    def __init__(self, dialect: str, settings: Settings, now: datetime):
-        self.postgres = dialect == "postgresql"
-        # SQLite: each row's rowid too, so the chunk's statements find the rows by the
-        # table's own key instead of a walk of the id index each (a tenth of a chunk).
-        picked = [ARTICLES.c.id] if self.postgres else [ARTICLES.c.id, literal_column("rowid")]
-        # Two walks of an index each, oldest first: a union would do no better, and on
-        # PostgreSQL it cannot lock its rows.
+    def __init__(self, settings: Settings, now: datetime):
+        # Two walks of an index each, oldest first: a union would do no better, and it
+        # cannot lock its rows.
         self.picks = [
-            select(*picked).where(due).order_by(oldest).limit(bindparam("limit"))
+            select(ARTICLES.c.id)
+            .where(due)
+            .order_by(oldest)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
             for due, oldest in (
                 (due_by_age(settings, now), ARTICLES.c.published_at),
                 (due_by_own_date(now), ARTICLES.c.archive_after),
             )
         ]
-        if self.postgres:
-            self.picks = [pick.with_for_update(skip_locked=True) for pick in self.picks]
-        self.steps = _postgres_steps(now) if self.postgres else _sqlite_steps(now)
+        self.steps = _steps(now)
 
     def archive_chunk(self, session: Session, limit: int) -> int:
         """Archive up to ``limit`` due articles in the session's transaction; returns how
@@ -158,8 +147,8 @@ class ChunkStatements:
                 picked += connection.execute(pick, {"limit": limit - len(picked)}).all()
         if not picked:
             return 0
-        # [article id, event id, (SQLite) rowid] for each, serialised once for every step
-        chunk = {"chunk": json.dumps([[id_, new_id(), *rest] for id_, *rest in picked])}
+        # [article id, event id] for each, serialised once
+        chunk = {"chunk": json.dumps([[id_, new_id()] for (id_,) in picked])}
         for step in self.steps:
             connection.execute(step, chunk)
         return len(picked)
@@ -180,11 +169,11 @@ DATA_COLUMNS = (
 )
 
 
-def _postgres_steps(now: datetime) -> list[Executable]:
+def _steps(now: datetime) -> list[Executable]:
     """One statement: the UPDATE RETURNs what the history and outbox INSERTs read, as
     data-modifying CTEs (8 % faster than probing ``articles`` again for each INSERT), each
     row with its event id and place in the chunk."""
-    items = _chunk_items("postgresql")
+    items = _chunk_items()
     chunk = select(
         items.c.value[0].as_string().label("article_id"),
         items.c.value[1].as_string().label("event_id"),
@@ -206,36 +195,15 @@ def _postgres_steps(now: datetime) -> list[Executable]:
     return [announce.add_cte(archived, nest_here=True).add_cte(audit, nest_here=True)]
 
 
-def _sqlite_steps(now: datetime) -> list[Executable]:
-    """Three statements: SQLite has no data-modifying CTEs. They find the chunk's rows by
-    rowid, picked in this transaction and ours until it ends (the write lock); the audit
-    rows need nothing of the articles but their ids, which the chunk holds."""
-    items = _chunk_items("sqlite")
-    article_id, event_id = items.c.value[0].as_string(), items.c.value[1].as_string()
-    rowid = items.c.value[2].as_integer()
-    archived = _archive(now).where(literal_column("rowid").in_(select(rowid)))
-    audit = _audit(select(article_id).order_by(items.c.key), now)
-    row_of = literal_column("articles.rowid") == rowid
-    announce = _announce(
-        select(event_id, ARTICLES.c.id, _data_object(ARTICLES.c))
-        .select_from(items.join(ARTICLES, row_of))
-        .order_by(items.c.key),
-        now,
-    )
-    return [archived, audit, announce]
-
-
-def _chunk_items(dialect: str) -> TableValuedAlias:
+def _chunk_items() -> TableValuedAlias:
     """The chunk's items, bound as one JSON array, as rows of (``key``: the place in the
     chunk, ``value``: the item). One parameter, not thousands, serialised once by C on our
     side for every statement of the chunk (psycopg dumps an array element by element in
     Python, two fifths of the sweeping process's time; SQLAlchemy's JSON type would dump
     it again for each statement)."""
     chunk, value = bindparam("chunk", type_=Text), column("value", JSON)
-    if dialect == "postgresql":
-        elements = func.json_array_elements(cast(chunk, JSON))
-        return elements.table_valued(value, with_ordinality="key").render_derived()
-    return func.json_each(chunk).table_valued(column("key", Integer), value)
+    elements = func.json_array_elements(cast(chunk, JSON))
+    return elements.table_valued(value, with_ordinality="key").render_derived()
 
 
 def _archive(now: datetime) -> Update:
@@ -314,7 +282,7 @@ def _data_fields(
 
 
 def _data_text(row: Any) -> ColumnElement[Any]:
-    """PostgreSQL: the data written out as JSON text, every value through ``to_json`` (a
+    """The data written out as JSON text, every value through ``to_json`` (a
     JSON value as it is), then cast to JSON.
 
     A third of the cost of ``json_build_object``, which on PostgreSQL 15 looks up the type
@@ -347,47 +315,6 @@ def _data_text(row: Any) -> ColumnElement[Any]:
     return cast(text, JSON)
 
 
-def _data_object(row: Any) -> ColumnElement[Any]:
-    """SQLite: the data by ``json_object``, from the row's stored text."""
-    fields = _data_fields(
-        row,
-        # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
-        published_at=func.replace(row.published_at, " ", "T", type_=String) + "+00:00",
-        json_list=lambda column: func.json(func.coalesce(column, "[]")),
-    )
-    args = []
-    for key, value in fields.items():
-        args += [literal(key), value if isinstance(value, ColumnElement) else literal(value)]
-    return func.json_object(*args)
-
-
-class Pace:
-    """How many rows the next chunk takes, and how long the sweep waits before taking it.
-
-    On PostgreSQL a chunk locks only its own rows, so chunks are ``ceiling`` rows
-    (ARCHIVE_SWEEP_CHUNK). On SQLite a chunk holds the database's only write lock, so
-    chunks are sized to last about ``target`` seconds (ARCHIVE_SWEEP_CHUNK_MS), like
-    pt-archiver's ``--chunk-time``: the size follows the measured rate, at most doubling
-    per step, never above ``ceiling``. After each one the sweep steps aside for a tenth of
-    the time it held the lock, so the writers queued behind it (shared.db.WriterQueue)
-    get their turn before its next chunk.
-    """
-
-    def __init__(self, ceiling: int, target_seconds: float | None):
-        self.ceiling = max(1, ceiling)
-        self.target = target_seconds
-        self.size = self.ceiling if target_seconds is None else min(self.ceiling, 500)
-
-    def after(self, rows: int, seconds: float) -> float:
-        """Record a chunk; returns how long to pause before the next one."""
-        if self.target is None:
-            return 0.0
-        if rows >= self.size and seconds > 0:
-            fitted = int(rows * self.target / seconds)
-            self.size = max(1, min(self.ceiling, 2 * self.size, fitted))
-        return seconds / 10
-
-
 def sweep(
     db: Database,
     settings: Settings,
@@ -397,18 +324,11 @@ def sweep(
 ) -> int:
     """Archive every due article, chunk by chunk; returns how many were archived.
 
-    On PostgreSQL ``ARCHIVE_SWEEP_WORKERS`` threads sweep side by side, each on its own
+    ``ARCHIVE_SWEEP_WORKERS`` threads sweep side by side, each on its own
     connection: a chunk locks only its rows and the others skip them, and one backend runs
     one statement on one core, which at a million rows is what a lone sweep waits on.
     """
-    statements = ChunkStatements(db.engine.dialect.name, settings, now or utcnow())
-    if not is_postgres(db.engine):
-        pace = Pace(settings.archive_sweep_chunk, settings.archive_sweep_chunk_ms / 1000)
-        try:
-            return _sweep_chunks(db, statements, pace, on_chunk)
-        finally:  # what it archived is in the database file, not only in the WAL
-            if db.checkpoints is not None:
-                db.checkpoints.catch_up()
+    statements = ChunkStatements(settings, now or utcnow())
     reported = threading.Lock()
     total, analyzed_at = 0, 0
 
@@ -425,7 +345,7 @@ def sweep(
             analyze(db, "outbox")
 
     def one_worker(_: int) -> int:
-        return _sweep_chunks(db, statements, Pace(settings.archive_sweep_chunk, None), report)
+        return _sweep_chunks(db, statements, settings.archive_sweep_chunk, report)
 
     workers = max(1, settings.archive_sweep_workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="archive-sweep") as pool:
@@ -435,18 +355,15 @@ def sweep(
 def _sweep_chunks(
     db: Database,
     statements: ChunkStatements,
-    pace: Pace,
+    chunk: int,
     on_chunk: Callable[[int], None] | None,
 ) -> int:
     total = 0
     while True:
-        started = time.monotonic()
         with db.transaction() as session:
-            done = statements.archive_chunk(session, pace.size)
+            done = statements.archive_chunk(session, max(1, chunk))
         if not done:
             return total
-        held = time.monotonic() - started  # the write lock's time, not the checkpoint's
         total += done
         if on_chunk is not None:
             on_chunk(done)
-        time.sleep(pace.after(done, held))

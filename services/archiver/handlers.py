@@ -1,7 +1,11 @@
-"""What the archiver does with each event type (none yet beyond the ledger record)."""
+"""What the archiver does with each event type, built from the worker's runtime."""
 
 from __future__ import annotations
 
 from shared.consumer import Handler
+from shared.runtime import Runtime
 
-HANDLERS: dict[str, Handler] = {}
+
+def build_handlers(runtime: Runtime) -> dict[str, Handler]:
+    """No effects yet beyond the ledger record."""
+    return {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from services.notifier.handlers import HANDLERS
+from services.notifier.handlers import build_handlers
 from shared.bus import NOTIFIER, consumer_task
 from shared.celery import CONSUMER_TASK_OPTIONS
 from shared.consumer import Consumer
@@ -12,6 +12,8 @@ from shared.runtime import Runtime
 
 
 def register(app: Celery, runtime: Runtime) -> None:
+    consumer = Consumer(NOTIFIER, runtime, build_handlers(runtime))
+
     @app.task(name=consumer_task(NOTIFIER), **CONSUMER_TASK_OPTIONS)
     def consume(envelopes: list[dict] | dict) -> list[str]:
-        return Consumer(NOTIFIER, runtime.db, HANDLERS).consume_message(envelopes)
+        return consumer.consume_message(envelopes)

@@ -1,4 +1,4 @@
-"""The publisher: the HTTP API editors use, the reader pages, and the outbox relay after commit."""
+"""The publisher: the HTTP API editors use, and the reader pages."""
 
 from services.publisher.app import create_app
 

@@ -10,7 +10,6 @@ from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
 from services.publisher.pages import views as pages
 from services.publisher.state import PublisherState
-from shared.bus import BackgroundRelay, CelerySender, Relay, Sender
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -20,11 +19,9 @@ from shared.logs import configure_logging
 MAX_BODY = 1 << 20  # 1 MiB
 
 
-def create_app(
-    settings: Settings | None = None, *, db: Database | None = None, sender: Sender | None = None
-) -> Flask:
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.secrets())
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -40,12 +37,8 @@ def create_app(
             "security": [{"bearer": []}],
         },
     )
-    db = db or Database(settings.database_url)
-    celery = create_celery(settings, "publisher")
-    sender = sender or CelerySender(celery)
-    app.extensions["pressroom"] = PublisherState(
-        settings, db, BackgroundRelay(Relay(db, sender)), celery
-    )
+    db = db or Database(settings.db_url)
+    app.extensions["pressroom"] = PublisherState(settings, db, create_celery(settings, "publisher"))
 
     register_error_handlers(app)
     _register_domain_errors(app)

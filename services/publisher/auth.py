@@ -30,7 +30,7 @@ def _authenticate() -> Caller:
     caller = known.get(digest)
     if caller is not None:
         return caller
-    with state().db.reader() as session:
+    with state().db.session() as session:
         found = find_token(session, digest)
     if found is None:
         fail(

@@ -28,7 +28,7 @@ def readyz() -> tuple[dict[str, Any], int]:
 
 def _database_ok() -> bool:
     try:
-        with state().db.read_engine.connect() as conn:
+        with state().db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
     except Exception:

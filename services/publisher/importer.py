@@ -26,9 +26,7 @@ from sqlalchemy.orm import Session
 
 from services.publisher.articles.schemas import SECTION
 from shared import events
-from shared.bus import CelerySender, Relay, batched
-from shared.celery import create_celery
-from shared.config import Settings
+from shared.bus import batched
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
 from shared.db import Database, analyze, new_id, utcnow
 from shared.events import make_envelope
@@ -76,7 +74,6 @@ class Rejected:
 @dataclass
 class ImportReport:
     imported: int = 0
-    relayed: int = 0
     rejected: list[Rejected] = field(default_factory=list)
 
 
@@ -135,23 +132,19 @@ def _describe(error: ValidationError) -> str:
 
 
 def import_file(
-    settings: Settings, path: Path, *, status: str = "published", progress: Progress | None = None
+    db: Database, path: Path, *, status: str = "published", progress: Progress | None = None
 ) -> ImportReport:
-    db = Database(settings.database_url)
-    try:
-        report = _load(db, path, status, progress)
-        if report.imported:
-            analyze(db, "articles", "article_history", "outbox")
-            report.relayed = Relay(db, CelerySender(create_celery(settings, "import"))).relay()
-        return report
-    finally:
-        db.dispose()
+    """Its events go out with the relay, now or when the stack next runs."""
+    report = _load(db, path, status, progress)
+    if report.imported:
+        analyze(db, "articles", "article_history", "outbox")
+    return report
 
 
 def _load(db: Database, path: Path, status: str, progress: Progress | None) -> ImportReport:
     report = ImportReport()
     schema = ImportRowSchema()
-    with db.sessionmaker() as session:
+    with db.session() as session:
         taken = set(session.scalars(select(Article.slug)))
     rows: list[dict[str, Any]] = []
     bar = progress(path.stat().st_size) if progress else None

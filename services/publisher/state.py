@@ -1,4 +1,4 @@
-"""What the publisher holds for the life of the app: settings, the database, the relay."""
+"""What the publisher holds for the life of the app: settings, the database, the broker."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import current_app
 
-from shared.bus import BackgroundRelay
 from shared.config import Settings
 from shared.db import Database
 from shared.tokens import KnownTokens
@@ -17,7 +16,6 @@ from shared.tokens import KnownTokens
 class PublisherState:
     settings: Settings
     db: Database
-    relay: BackgroundRelay
     celery: Any
     known_tokens: KnownTokens = field(default_factory=KnownTokens)
 

@@ -2,7 +2,8 @@
 
 from shared.models.article import Article, ArticleHistory, ArticleStatus, has_status
 from shared.models.auth import ApiToken, IdempotencyRecord
-from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent
+from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent, RedeliveryMark
+from shared.models.work import DueWork, FailedWork
 
 __all__ = [
     "ApiToken",
@@ -11,7 +12,10 @@ __all__ = [
     "ArticleStatus",
     "ConsumedEvent",
     "DeadLetter",
+    "DueWork",
+    "FailedWork",
     "IdempotencyRecord",
     "OutboxEvent",
+    "RedeliveryMark",
     "has_status",
 ]

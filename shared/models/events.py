@@ -10,9 +10,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, UTCDateTime, utcnow
 
-# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
 
 class OutboxEvent(Base):
     """An event written in the same transaction as the change it describes.
@@ -26,7 +23,7 @@ class OutboxEvent(Base):
 
     __tablename__ = "outbox"
 
-    position: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     type: Mapped[str] = mapped_column(String(64))
     article_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -34,16 +31,26 @@ class OutboxEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    resent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # by the relay's search
 
     __table_args__ = (
         # By position alone: appended at its right edge (article ids are random).
         Index(
             "ix_outbox_pending",
             "position",
-            sqlite_where=text("relayed_at IS NULL"),
             postgresql_where=text("relayed_at IS NULL"),
         ),
     )
+
+
+class RedeliveryMark(Base):
+    """Per consumer, the outbox position up to which every relayed event was consumed (or
+    dead-lettered): the relay's search for lost messages starts after it."""
+
+    __tablename__ = "redelivery_marks"
+
+    consumer: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ConsumedEvent(Base):
@@ -63,7 +70,7 @@ class DeadLetter(Base):
 
     __tablename__ = "dead_letters"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(32), index=True)
     event_id: Mapped[str | None] = mapped_column(String(36))
     payload: Mapped[str] = mapped_column(Text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from services.archiver.archiving import ANALYZE_FIRST, Pace, sweep
-from shared.db import is_postgres, new_id
+from services.archiver.archiving import ANALYZE_FIRST, sweep
+from shared.db import new_id
 from shared.events import ARTICLE_ARCHIVED as ARCHIVED
 from shared.events import envelope_of, make_envelope, parse_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
@@ -44,7 +43,7 @@ def publish(client, editor, title: str, days_ago: float, **extra):  # type: igno
 
 
 def statuses(database) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return {a.title: a.status for a in session.scalars(select(Article))}
 
 
@@ -110,7 +109,7 @@ def test_swept_events_are_the_envelopes_the_publisher_builds(client, editor, dat
     assert sweep(database, policy) == 2
     after = datetime.now(UTC)
 
-    with database.sessionmaker() as session:
+    with database.session() as session:
         rows = session.scalars(select(OutboxEvent).where(OutboxEvent.type == ARCHIVED)).all()
         assert len(rows) == 2
         for row in rows:
@@ -164,7 +163,7 @@ def test_sweeps_running_at_once_archive_each_story_once(client, editor, database
     for t in threads:
         t.join(60)
     assert sum(counts) == 60
-    with database.sessionmaker() as session:
+    with database.session() as session:
         audited = session.scalar(
             select(func.count(func.distinct(ArticleHistory.article_id))).where(
                 ArticleHistory.reason == "aged"
@@ -175,17 +174,15 @@ def test_sweeps_running_at_once_archive_each_story_once(client, editor, database
     assert audited == rows == events == 60
 
 
-def test_a_large_sweep_on_postgres_leaves_the_planner_knowing_the_outbox(database, policy):
+def test_a_large_sweep_leaves_the_planner_knowing_the_outbox(database, policy):
     # The relay plans its lookups by the outbox's statistics; a sweep that grows the outbox
     # from nothing must not leave PostgreSQL believing it holds a handful of rows.
-    if not is_postgres(database.engine):
-        pytest.skip("statistics are PostgreSQL's")
     old = NOW - timedelta(days=400)
     rows = [aged_row(f"aged-{n:05d}", old - timedelta(minutes=n)) for n in range(3 * ANALYZE_FIRST)]
     with database.transaction() as session:
         session.execute(insert(Article), rows)
     assert sweep(database, policy) == len(rows)
-    with database.sessionmaker() as session:
+    with database.session() as session:
         believed = session.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'outbox'"))
     assert believed >= ANALYZE_FIRST
 
@@ -197,25 +194,6 @@ def aged_row(slug: str, published: datetime) -> dict[str, Any]:
         "published_at": published, "evergreen": False, "version": 1,
         "created_at": published, "updated_at": published,
     }  # fmt: skip
-
-
-def test_a_sqlite_sweep_leaves_its_work_in_the_database_file(client, editor, database, policy):
-    # The sweep's commits leave their pages in the WAL for its checkpoint thread; by the time
-    # it returns they are in the file itself, where a reader that ignores the WAL finds them.
-    if is_postgres(database.engine):
-        pytest.skip("SQLite's WAL")
-    for n in range(30):
-        publish(client, editor, f"old {n}", 40 + n, section="news")
-    assert sweep(database, policy) == 30
-    path = database.engine.url.database
-    file_only = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-    try:
-        [archived] = file_only.execute(
-            "SELECT count(*) FROM articles WHERE status = 'archived' AND archive_reason = 'aged'"
-        ).fetchone()
-    finally:
-        file_only.close()
-    assert archived == 30
 
 
 def test_cli_sweep_prints_how_many_it_archived(client, editor, database, settings):
@@ -265,22 +243,3 @@ def test_a_bad_policy_stops_start_up_naming_the_bad_part(settings):
     )
     assert result.returncode != 0
     assert "sport=ninety" in result.stderr
-
-
-def test_sqlite_chunks_are_sized_to_the_target_time_within_the_ceiling():
-    pace = Pace(10_000, 0.1)
-    sizes = []
-    for _ in range(6):  # fast chunks: 1 ms per 100 rows
-        pause = pace.after(pace.size, pace.size / 100_000)
-        sizes.append(pace.size)
-    assert sizes == [1000, 2000, 4000, 8000, 10_000, 10_000]  # doubling, capped
-    assert pause == pytest.approx(0.01)  # a tenth of the chunk's time for the other writers
-    pace.after(pace.size, 1.0)  # the database slowed down tenfold
-    assert pace.size == 1000
-    pace.after(10, 0.5)  # a short last chunk says nothing about the rate
-    assert pace.size == 1000
-
-
-def test_postgres_chunks_are_the_configured_size_without_pauses():
-    pace = Pace(2000, None)
-    assert (pace.size, pace.after(2000, 5.0), pace.size) == (2000, 0.0, 2000)

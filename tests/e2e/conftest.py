@@ -34,19 +34,24 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class Workers:
-    """The archiver and notifier workers as real processes, stopped at the end of the test."""
+    """The relay and the archiver and notifier workers as real processes, stopped at the end
+    of the test."""
 
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, settings: Settings, *services: str) -> None:
-        extra = {"ARCHIVE_SWEEP_CHUNK": str(settings.archive_sweep_chunk)}
-        for service in services or ("archiver", "notifier"):
+        extra = {
+            "ARCHIVE_SWEEP_CHUNK": str(settings.archive_sweep_chunk),
+            "REDELIVER_AFTER_SECONDS": str(settings.redeliver_after_seconds),
+        }
+        for service in services or ("relay", "archiver", "notifier"):
             log = open(self.tmp_path / f"{service}.log", "ab")  # noqa: SIM115 (closed with the process)
+            command = [service] if service == "relay" else ["worker", service]
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "worker", service],
+                    [sys.executable, "-m", "services.cli", *command],
                     cwd=ROOT,
                     env=process_env(settings, **extra),
                     stdout=log,
@@ -89,5 +94,5 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, every: float 
 
 
 def ledger(database) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return {(c.event_id, c.consumer) for c in session.scalars(select(ConsumedEvent))}

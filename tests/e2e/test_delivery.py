@@ -8,13 +8,14 @@ import pytest
 from sqlalchemy import func, select
 
 from services.publisher import create_app
-from shared.bus import CelerySender, Relay
+from shared.bus import CelerySender
 from shared.celery import create_celery
 from shared.models import DeadLetter, OutboxEvent
+from shared.relay import Relay
 from tests.brokers import queued
 from tests.conftest import RedisServer
 from tests.e2e.conftest import ledger, wait_for
-from tests.publisher.helpers import article, relayed
+from tests.publisher.helpers import article
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,7 @@ def test_nothing_is_lost_or_doubled_while_redis_is_down(
             )
             assert response.status_code == 201
             ids.append(response.json["id"])
-        with database.sessionmaker() as session:
+        with database.session() as session:
             waiting = session.scalar(
                 select(func.count())
                 .select_from(OutboxEvent)
@@ -65,20 +66,18 @@ def test_nothing_is_lost_or_doubled_while_redis_is_down(
         assert waiting == 3
 
         redis_server.start()
-        # The publisher recovers on its own: the next change relays what waited, in order.
         later = client.post(
             "/api/v1/articles", json=article(title="Back", status="published"), headers=editor
         )
         assert later.status_code == 201
-        relayed(client)
-        Relay(database, CelerySender(create_celery(own, "test"))).relay()  # beat's sweep
+        Relay(database, CelerySender(create_celery(own, "test"))).relay()  # as the relay does
         for queue in ("archiver", "notifier"):
             subjects = [m["envelope"]["subject"] for m in queued(redis_server.url, queue)]
             assert sorted(subjects) == sorted([*ids, later.json["id"]])  # each exactly once
 
         workers.start(own)
         assert wait_for(lambda: len(ledger(database)) == 8, 60), workers.logs()
-        with database.sessionmaker() as session:
+        with database.session() as session:
             assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0
     finally:
         redis_server.stop()

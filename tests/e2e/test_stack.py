@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, wait_for
@@ -33,12 +37,34 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, settings):
-    # ... and refuses a second stack on the same VAR_DIR, which would take over its Redis.
-    var_dir = tmp_path / "stack"
+def child_pid(marker: str, argv_part: str) -> int | None:
+    """The stack's child whose command line holds ``argv_part`` (its group's leader)."""
+    for pid in processes_with(marker):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if argv_part.encode() in command and os.getpgid(pid) == pid:
+            return pid
+    return None
+
+
+@pytest.fixture
+def var_dir() -> Iterator[Path]:
+    """A VAR_DIR the embedded PostgreSQL's user can reach (pytest's own tmp is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="pressroom-stack-"))
+    base.chmod(0o755)
+    yield base / "var"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, var_dir):
+    # On the embedded defaults: its own PostgreSQL and Redis under VAR_DIR. It refuses a
+    # second stack on the same VAR_DIR, restarts a child that crashes while the API keeps
+    # answering, and leaves nothing behind when it stops.
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(VAR_DIR=str(var_dir), PORT=str(port), DATABASE_URL=settings.database_url)
+    env.update(VAR_DIR=str(var_dir), PORT=str(port))
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
@@ -84,12 +110,34 @@ def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, settings
 
         assert wait_for(consumed, 60, 0.5), output()
         assert processes_with(f"VAR_DIR={var_dir}")
+        marker = f"VAR_DIR={var_dir}"
+
+        def redis_pid() -> int | None:  # its process title overwrites its environment
+            try:
+                client = redis.Redis(unix_socket_path=str(var_dir / "redis.sock"))
+                return int(client.info("server")["process_id"])
+            except redis.RedisError:
+                return None
+
+        for part in (" relay", "worker archiver", "worker notifier", " beat", "redis"):
+            pid = redis_pid() if part == "redis" else child_pid(marker, part)
+            assert pid is not None, f"no child running {part}"
+            os.killpg(pid, signal.SIGKILL)
+            assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            find = redis_pid if part == "redis" else lambda p=part: child_pid(marker, p)
+            assert wait_for(lambda f=find, old=pid: f() not in (None, old), 30), output()
+        assert wait_for(ready, 30, 0.5), output()
+        again = httpx.post(
+            f"{base}/api/v1/articles", json=article(status="published"), headers=headers
+        )
+        events_url = f"{base}/api/v1/articles/{again.json()['id']}/events"
+        assert wait_for(consumed, 60, 0.5), output()
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
         log.close()
     text = output()
-    for name in ("redis", "publisher", "archiver", "notifier", "beat"):
+    for name in ("postgres", "redis", "publisher", "relay", "archiver", "notifier", "beat"):
         assert f"{name:<9}| " in text, f"no output prefixed with {name}"
     assert up.returncode == 0, text[-3000:]
     assert wait_for(lambda: not processes_with(f"VAR_DIR={var_dir}"), 10), "processes left behind"

@@ -41,7 +41,7 @@ def counts(database) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
         select(func.count()).where(aged).scalar_subquery(),
         select(func.count()).where(OutboxEvent.type == "article.archived").scalar_subquery(),
     )
-    with database.sessionmaker() as session:
+    with database.session() as session:
         archived, audited, audit_rows, events = session.execute(query).one()
     assert audited == audit_rows, "a story was audited as archived twice"
     return archived, audited, events

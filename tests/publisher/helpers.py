@@ -6,7 +6,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from shared.bus import CelerySender
 from shared.db import Base, Database
+from shared.relay import Relay
 
 
 def article(**overrides: Any) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def article(**overrides: Any) -> dict[str, Any]:
 
 def row_counts(db: Database) -> dict[str, int]:
     """Rows in every table: equal before and after means a request changed nothing."""
-    with db.sessionmaker() as session:
+    with db.session() as session:
         return {
             t.name: session.scalar(select(func.count()).select_from(t)) or 0
             for t in Base.metadata.sorted_tables
@@ -31,5 +33,6 @@ def row_counts(db: Database) -> dict[str, int]:
 
 
 def relayed(client: Any) -> None:
-    """Wait for the publisher's relay to hand what was committed to the broker."""
-    assert client.application.extensions["pressroom"].relay.flush()
+    """Relay what the app committed to the broker, as ``pressroom relay`` would on waking."""
+    state = client.application.extensions["pressroom"]
+    Relay(state.db, CelerySender(state.celery)).relay()

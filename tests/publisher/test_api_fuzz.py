@@ -107,12 +107,12 @@ def _spec_app() -> Flask:
     """An app built only to serve its OpenAPI document: no database or broker is touched."""
     spec_settings = Settings.from_env(
         {
-            "DATABASE_URL": "sqlite://",
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
             "SECRET_KEY": "only-for-the-openapi-document",
             "PUBLIC_BASE_URL": "http://pressroom.test",
         }
     )
-    return create_app(spec_settings, db=Database(spec_settings.database_url))
+    return create_app(spec_settings, db=Database(spec_settings.db_url))
 
 
 # marshmallow's fields.Url is documented as `format: url`, which JSON Schema does not define, so

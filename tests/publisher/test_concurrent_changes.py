@@ -46,7 +46,7 @@ def test_publishing_an_article_someone_is_publishing_is_a_conflict(client, edito
 
     assert answer.status_code == 409, answer.json
     assert answer.json["error"]["code"] == "invalid_transition"
-    with database.sessionmaker() as session:
+    with database.session() as session:
         published = session.query(OutboxEvent).filter_by(article_id=aid).all()
         assert [e.type for e in published] == ["article.published"]
         changes = (
@@ -101,7 +101,7 @@ def test_a_retry_sent_while_the_first_try_commits_gets_its_answer(client, editor
     # earlier request with the same body under another key.
     body = article(title="First try")
     earlier = client.post("/api/v1/articles", json=body, headers={**editor, "Idempotency-Key": "a"})
-    with database.sessionmaker() as session:
+    with database.session() as session:
         kept = session.query(IdempotencyRecord).filter_by(key="a").one()
 
     def first_try_committing(session):  # type: ignore[no-untyped-def]
@@ -126,5 +126,5 @@ def test_a_retry_sent_while_the_first_try_commits_gets_its_answer(client, editor
     assert answer.status_code == 201, answer.json
     assert answer.headers["Idempotent-Replayed"] == "true"
     assert answer.json["id"] == earlier.json["id"]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         assert session.query(Article).filter_by(title="First try").count() == 1

@@ -10,7 +10,10 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from shared.bus import CelerySender
+from shared.celery import create_celery
 from shared.models import Article, OutboxEvent
+from shared.relay import Relay
 from tests.brokers import queued
 from tests.conftest import SHARED_DATA
 from tests.e2e.conftest import ROOT, process_env
@@ -45,7 +48,7 @@ def test_import_reports_each_rejected_row_by_line(tmp_path, settings, database, 
     assert "line 5: title:" in result.stderr  # the first record spans lines 2-4
     assert "line 6: published_at:" in result.stderr
     assert "line 8: section:" in result.stderr
-    with database.sessionmaker() as session:
+    with database.session() as session:
         articles = {a.slug: a for a in session.scalars(select(Article))}
         events = session.scalar(select(func.count()).select_from(OutboxEvent))
     assert set(articles) == {"markets-rally", "markets-rally-2"}
@@ -59,6 +62,7 @@ def test_import_reports_each_rejected_row_by_line(tmp_path, settings, database, 
     assert first.id < articles["markets-rally-2"].id
     assert uuid.UUID(first.id).version == 7
     assert events == 2
+    Relay(database, CelerySender(create_celery(settings, "test"))).relay()  # as the relay does
     envelopes = [m["envelope"] for m in queued(redis_url, "archiver")]
     assert {e["data"]["origin"] for e in envelopes} == {"import"}
 
@@ -68,7 +72,7 @@ def test_import_loads_the_bbc_sample(settings, database):
     result = run_import(settings, SHARED_DATA / "bbc-dev.csv")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "1815"
-    with database.sessionmaker() as session:
+    with database.session() as session:
         slugs = session.scalar(select(func.count(func.distinct(Article.slug))))
     assert slugs == 1815
 
@@ -79,7 +83,7 @@ def write_csv(path, rows) -> None:  # type: ignore[no-untyped-def]
 
 
 def article_count(database) -> int:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return session.scalar(select(func.count()).select_from(Article)) or 0
 
 
@@ -103,7 +107,7 @@ def test_a_row_with_more_fields_than_the_header_is_rejected_not_cut(tmp_path, se
     assert result.returncode == 0, result.stderr
     assert "line 4: row: 3 fields but the header has 2" in result.stderr  # after 2 blank lines
     assert result.stdout.strip() == "1"
-    with database.sessionmaker() as session:
+    with database.session() as session:
         assert session.scalars(select(Article.title)).all() == ["Fine story"]
 
 

@@ -92,7 +92,7 @@ def test_a_replayed_letter_that_fails_again_at_once_is_kept(database):
     still_broken = Consumer("archiver", database, {})
     still_broken.consume({"id": "x", "type": "article.exploded"})
     assert ops.replay_dead_letters(database, StraightToAWorker(still_broken)) == 1
-    with database.sessionmaker() as session:
+    with database.session() as session:
         letters = session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all()
     assert [letter.replayed_at is None for letter in letters] == [False, True]
     assert ops.replay_dead_letters(database, StraightToAWorker(still_broken)) == 1
@@ -108,7 +108,7 @@ def test_a_replay_the_broker_refuses_leaves_the_letters_to_replay(database):
     Consumer("archiver", database, {}).consume({"id": "x", "type": "article.exploded"})
     with pytest.raises(ConnectionError):
         ops.replay_dead_letters(database, BrokerDown())
-    with database.sessionmaker() as session:
+    with database.session() as session:
         [letter] = session.scalars(select(DeadLetter)).all()
     assert letter.replayed_at is None
 
@@ -199,6 +199,6 @@ def test_cli_says_the_broker_is_down_in_a_line_and_fails(make_settings, database
         assert result.returncode == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert "broker" in result.stderr
-    with database.sessionmaker() as session:
+    with database.session() as session:
         [letter] = session.scalars(select(DeadLetter)).all()
     assert letter.replayed_at is None  # still there to replay

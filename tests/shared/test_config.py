@@ -27,7 +27,10 @@ def test_a_bad_policy_names_the_bad_part(text, bad_part):
 
 def test_defaults_live_under_var_dir(tmp_path):
     settings = Settings.from_env({"VAR_DIR": str(tmp_path)})
-    assert settings.database_url == f"sqlite:///{tmp_path / 'pressroom.db'}"
+    assert settings.embedded_database
+    assert (
+        settings.db_url == f"postgresql+psycopg://postgres@/postgres?host={tmp_path / 'postgres'}"
+    )
     assert settings.broker_url == f"redis+socket://{tmp_path / 'redis.sock'}"
     assert settings.archive_age_days("news") == 180
     assert len(settings.secret_key) > 40
@@ -37,6 +40,11 @@ def test_defaults_live_under_var_dir(tmp_path):
 def test_postgres_urls_use_psycopg_3(tmp_path):
     env = {"VAR_DIR": str(tmp_path), "DATABASE_URL": "postgresql://u@h:5432/d"}
     assert Settings.from_env(env).database_url == "postgresql+psycopg://u@h:5432/d"
+
+
+def test_a_database_url_that_is_not_postgresql_stops_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        Settings.from_env({"VAR_DIR": str(tmp_path), "DATABASE_URL": "sqlite:///x.db"})
 
 
 def test_section_policy_overrides_the_default_age(tmp_path):

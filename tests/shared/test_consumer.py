@@ -25,12 +25,12 @@ def envelope() -> dict:
 
 
 def ledger(database) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return [(c.event_id, c.consumer) for c in session.scalars(select(ConsumedEvent))]
 
 
 def dead_letters(database) -> list[DeadLetter]:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return list(session.scalars(select(DeadLetter)))
 
 

@@ -23,7 +23,7 @@ def scheduled(session, title: str, at: datetime) -> Article:  # type: ignore[no-
 
 
 def published_events(database) -> list[str]:  # type: ignore[no-untyped-def]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         return list(
             session.scalars(
                 select(OutboxEvent.article_id).where(OutboxEvent.type == "article.published")
@@ -40,7 +40,7 @@ def test_only_due_articles_are_published_and_only_once(database):
     with database.transaction() as session:
         assert lifecycle.publish_due(session, NOW) == []  # a second beat, a restart: nothing
     assert published_events(database) == [due.id]
-    with database.sessionmaker() as session:
+    with database.session() as session:
         article = session.get(Article, due.id)
         assert article is not None
         assert article.status == S.PUBLISHED

@@ -7,11 +7,10 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, exists, func, literal_column, or_, select, text, tuple_
+from sqlalchemy import Select, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from shared.bus import ROUTES
-from shared.db import is_postgres
 from shared.models import (
     Article,
     ArticleHistory,
@@ -41,11 +40,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor(cursor) from None
 
 
-def _has_tag(session: Session, tag: str) -> Any:
-    if is_postgres(session):
-        return text("CAST(articles.tags AS jsonb) ? :tag").bindparams(tag=tag)
-    each = func.json_each(Article.tags).table_valued("value")
-    return exists(select(literal_column("1")).select_from(each).where(each.c.value == tag))
+def _has_tag(tag: str) -> Any:
+    return text("CAST(articles.tags AS jsonb) ? :tag").bindparams(tag=tag)
 
 
 def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article], str | None]:
@@ -55,7 +51,7 @@ def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article]
     if args.get("section"):
         query = query.where(Article.section == args["section"])
     if args.get("tag"):
-        query = query.where(_has_tag(session, args["tag"]))
+        query = query.where(_has_tag(args["tag"]))
     if args.get("q"):
         pattern = f"%{args['q']}%"
         query = query.where(or_(Article.title.ilike(pattern), Article.summary.ilike(pattern)))

@@ -106,7 +106,7 @@ def _create(prepared: dict[str, Any], key: str | None) -> Article | Response:
 
 
 def _replay_committed(key: str) -> Response | None:
-    with state().db.reader() as session:
+    with state().db.session() as session:
         return _replay(session, key)
 
 
@@ -118,7 +118,7 @@ class Articles(MethodView):
     @blp.response(200, ArticlePageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List articles, newest first, filtered by status, section, tag or text."""
-        with state().db.reader() as session:
+        with state().db.session() as session:
             try:
                 items, cursor = queries.list_articles(session, args)
             except queries.BadCursor:
@@ -145,7 +145,6 @@ class Articles(MethodView):
             article = _create(prepared, key)
         if isinstance(article, Response):
             return article
-        state().relay.submit([article.id])
         return article, 201, _etag(article)
 
 
@@ -156,7 +155,7 @@ class ArticleById(MethodView):
     @blp.response(200, ArticleSchema)
     def get(self, article_id: str) -> Any:
         """One article."""
-        with state().db.reader() as session:
+        with state().db.session() as session:
             article = load_article(session, article_id)
         return article, 200, _etag(article)
 
@@ -168,9 +167,7 @@ class ArticleById(MethodView):
         with state().db.transaction() as session:
             article = load_article(session, article_id, to_change=True)
             _check_if_match(article)
-            changed = service.update_article(session, article, data, current_caller().actor)
-        if changed:
-            state().relay.submit([article.id])
+            service.update_article(session, article, data, current_caller().actor)
         return article, 200, _etag(article)
 
 
@@ -191,7 +188,6 @@ def _action_view(action: str) -> type[MethodView]:
                     (data or {}).get("reason"),
                     state().settings,
                 )
-            state().relay.submit([article.id])
             return article, 200, _etag(article)
 
     ActionView.__name__ = f"{action.capitalize()}Article"
@@ -210,7 +206,7 @@ class ArticleEvents(MethodView):
     @blp.response(200, EventListSchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Events emitted for the article and when each consumer handled them."""
-        with state().db.reader() as session:
+        with state().db.session() as session:
             load_article(session, article_id)
             return {"items": queries.event_view(session, article_id)}
 
@@ -222,6 +218,6 @@ class ArticleHistoryView(MethodView):
     @blp.response(200, HistorySchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Audit trail of status changes: who, when, from, to, why."""
-        with state().db.reader() as session:
+        with state().db.session() as session:
             load_article(session, article_id)
             return {"items": queries.history(session, article_id)}

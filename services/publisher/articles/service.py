@@ -9,8 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import events, lifecycle
-from shared.bus import CelerySender, Relay
-from shared.celery import create_celery
 from shared.config import Settings
 from shared.content import base_slug, next_free_slug, sanitise_html, slug_holder
 from shared.db import Database, insert_unless_present, new_id, utcnow
@@ -124,24 +122,21 @@ def update_article(session: Session, article: Article, data: dict[str, Any], act
     return True
 
 
-def act_by_hand(settings: Settings, article_ref: str, action: str, reason: str, actor: str) -> str:
-    """Apply an action to an article named by id or slug (the CLI's way in); returns its status."""
-    db = Database(settings.database_url)
-    try:
-        with db.transaction() as session:
-            article = session.scalar(
-                select(Article)
-                .where((Article.id == article_ref) | (Article.slug == article_ref))
-                .with_for_update()  # as the API does: changes to one article take turns
-            )
-            if article is None:
-                raise LookupError(f"no article with id or slug {article_ref!r}")
-            apply_action(session, article, action, actor, reason, settings)
-            status = article.status
-        Relay(db, CelerySender(create_celery(settings, "cli"))).relay([article.id])
-        return status
-    finally:
-        db.dispose()
+def act_by_hand(
+    db: Database, settings: Settings, article_ref: str, action: str, reason: str, actor: str
+) -> str:
+    """Apply an action to an article named by id or slug (the CLI's way in); returns its
+    status. Its event goes out with the relay, now or when the stack next runs."""
+    with db.transaction() as session:
+        article = session.scalar(
+            select(Article)
+            .where((Article.id == article_ref) | (Article.slug == article_ref))
+            .with_for_update()  # as the API does: changes to one article take turns
+        )
+        if article is None:
+            raise LookupError(f"no article with id or slug {article_ref!r}")
+        apply_action(session, article, action, actor, reason, settings)
+        return article.status
 
 
 ACTIONS = {

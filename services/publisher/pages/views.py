@@ -29,7 +29,7 @@ def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Ar
     if section is not None:
         query = query.where(Article.section == section)
     query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
-    with state().db.reader() as session:
+    with state().db.session() as session:
         return list(session.scalars(query))
 
 
@@ -66,7 +66,7 @@ def front_page() -> BaseResponse:
 def article_page(slug: str) -> BaseResponse:
     if not could_be_slug(slug):  # nothing to look up (and PostgreSQL refuses NUL in text)
         abort(404)
-    with state().db.reader() as session:
+    with state().db.session() as session:
         article = session.scalar(select(Article).where(Article.slug == slug))
     if article is None or article.status in (S.DRAFT, S.SCHEDULED):
         abort(404)

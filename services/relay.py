@@ -1,0 +1,129 @@
+"""``pressroom relay``: the process that moves events from the outbox to the broker.
+
+It sleeps on PostgreSQL's ``LISTEN`` until the outbox's trigger says a transaction wrote
+events, then relays everything pending. Between wake-ups it also runs the publisher's
+periodic jobs, so they need no worker: the publication of scheduled stories that are due, and the
+search for events a consumer lost (:mod:`shared.redelivery`). Several relays may run side
+by side: each skips the rows another holds. With no notification it still looks at the
+outbox every OUTBOX_SWEEP_SECONDS, in case one was missed while it reconnected.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import psycopg
+import redis
+from sqlalchemy.engine import make_url
+
+from shared import lifecycle, redelivery
+from shared.bus import CelerySender
+from shared.celery import broker_lists
+from shared.relay import CHANNEL, Relay
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RELAY_BUDGET_S = 5.0  # one wake-up relays for at most this long before the periodic jobs
+REDELIVERY_EVERY_S = 30.0  # or half REDELIVER_AFTER_SECONDS, if that is sooner
+RECONNECT_MAX_S = 10.0
+
+
+@dataclass
+class Every:
+    """A periodic job: due when ``seconds`` have passed since it last ran."""
+
+    seconds: float
+    job: Callable[[], object]
+    last: float = field(default=float("-inf"))
+
+    def due_in(self, now: float) -> float:
+        return self.last + self.seconds - now
+
+    def run_if_due(self, now: float) -> None:
+        if self.due_in(now) <= 0:
+            self.last = now
+            self.job()
+
+
+class RelayService:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.relay = Relay(runtime.db, CelerySender(runtime.celery))
+        settings = runtime.settings
+        self.sweep_every = settings.outbox_sweep_seconds
+        self.periodic = [
+            Every(settings.schedule_sweep_seconds, self.publish_due),
+            Every(min(REDELIVERY_EVERY_S, settings.redeliver_after_seconds / 2), self.redeliver),
+        ]
+
+    def relay_pending(self) -> int:
+        return self.relay.relay(budget=RELAY_BUDGET_S)
+
+    def publish_due(self) -> int:
+        with self.runtime.db.transaction() as session:
+            published = lifecycle.publish_due(session)
+        return len(published)  # their events wake every relay on commit
+
+    def redeliver(self) -> dict[str, int]:
+        settle = timedelta(seconds=self.runtime.settings.redeliver_after_seconds)
+        return redelivery.redeliver_lost(
+            self.runtime.db, CelerySender(self.runtime.celery), self._queue_depth, settle
+        )
+
+    def _queue_depth(self, queue: str) -> int | None:
+        try:
+            client = self.runtime.redis
+            return sum(int(client.llen(key)) for key in broker_lists(queue))
+        except redis.RedisError:
+            return None
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set; a database or broker that goes away is waited for."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._listen(stop)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("relay lost the database, retrying in %.1fs: %s", backoff, exc)
+                stop.wait(backoff)
+                backoff = min(RECONNECT_MAX_S, backoff * 2)
+            except Exception:  # a bug in a pass: log it and carry on, the outbox keeps it all
+                log.exception("relay pass failed")
+                stop.wait(backoff)
+            else:
+                backoff = 0.5
+
+    def _listen(self, stop: threading.Event) -> None:
+        with psycopg.connect(self._conninfo(), autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            log.info("relay listening for outbox commits")
+            while not stop.is_set():
+                self.relay_pending()  # what committed before LISTEN, or while we worked
+                now = time.monotonic()
+                for job in self.periodic:
+                    job.run_if_due(now)
+                wait = min(job.due_in(time.monotonic()) for job in self.periodic)
+                # Woken by the first notification (the rest fold into the next pass), or
+                # at the latest after a sweep's interval, in case one was missed.
+                timeout = max(0.05, min(wait, self.sweep_every))
+                for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    pass
+
+    def _conninfo(self) -> str:
+        """The database URL as libpq takes it (no SQLAlchemy driver suffix)."""
+        url = make_url(self.runtime.settings.db_url).set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+
+def run_relay(runtime: Runtime) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    RelayService(runtime).run(stop)

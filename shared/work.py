@@ -1,0 +1,200 @@
+"""Slow work after a commit: due rows that any number of worker processes claim.
+
+A consumer's handler runs inside the ledger transaction and only writes rows; what is slow
+(network calls, heavy computing) it asks for with :func:`request`, in that same
+transaction, so the request commits with the event or not at all. After the commit,
+:func:`run_due` (from the consumer task, and periodically from beat) claims due rows with
+``FOR UPDATE SKIP LOCKED``, leases them for ``lease`` seconds and runs their handler
+outside any transaction of ours; then the row is deleted, or rescheduled with backoff, or,
+out of attempts, moved to ``failed_work`` with its last error.
+
+Asking again for work that is already waiting asks once (one row per kind and key: a burst
+of edits to one article costs one recomputation). Asking while it runs bumps its
+generation, so the run that is under way does not delete it and it runs once more.
+A worker killed mid-run leaves the row leased: it is due again when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from shared.db import Database, utcnow
+from shared.errors import PermanentError
+from shared.models import DueWork, FailedWork
+
+log = logging.getLogger(__name__)
+
+# Seconds before each retry of a failed run; after the last, the work has failed for good.
+DEFAULT_BACKOFF = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row claimed for one run."""
+
+    id: int
+    kind: str
+    key: str
+    payload: dict[str, Any]
+    generation: int
+    attempts: int  # including this one
+
+
+def request(
+    session: Session,
+    kind: str,
+    key: str,
+    payload: dict[str, Any] | None = None,
+    due_at: datetime | None = None,
+) -> None:
+    """Ask for ``kind`` work on ``key`` at ``due_at`` (now), in the caller's transaction.
+
+    Work already waiting keeps its place (the earlier due time) and takes the new payload.
+    """
+    due_at = due_at or utcnow()
+    statement = postgresql.insert(DueWork).values(
+        kind=kind, key=key, payload=payload or {}, due_at=due_at, generation=1, attempts=0
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[DueWork.kind, DueWork.key],
+        set_={
+            "payload": statement.excluded.payload,
+            "due_at": func.least(DueWork.due_at, statement.excluded.due_at),
+            "generation": DueWork.generation + 1,
+            "attempts": 0,
+        },
+    )
+    session.execute(statement)
+
+
+def claim(
+    db: Database, kind: str, limit: int, lease: float, now: datetime | None = None
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows of ``kind``, oldest due first; rows another process
+    is claiming right now are skipped, not waited for."""
+    now = now or utcnow()
+    due = (
+        select(DueWork.id)
+        .where(
+            DueWork.kind == kind,
+            DueWork.due_at <= now,
+            or_(DueWork.leased_until.is_(None), DueWork.leased_until <= now),
+        )
+        .order_by(DueWork.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with db.transaction() as session:
+        rows = session.execute(
+            update(DueWork)
+            .where(DueWork.id.in_(due.scalar_subquery()))
+            .values(leased_until=now + timedelta(seconds=lease), attempts=DueWork.attempts + 1)
+            .returning(
+                DueWork.id,
+                DueWork.kind,
+                DueWork.key,
+                DueWork.payload,
+                DueWork.generation,
+                DueWork.attempts,
+            )
+        ).all()
+    return [Claimed(*row) for row in rows]
+
+
+def finish(db: Database, work: Claimed) -> None:
+    """The run is done: delete the row, unless it was asked for again meanwhile."""
+    with db.transaction() as session:
+        gone = session.execute(
+            delete(DueWork)
+            .where(DueWork.id == work.id, DueWork.generation == work.generation)
+            .returning(DueWork.id)
+        ).first()
+        if not gone:  # asked for again while it ran: due at once, attempts afresh
+            session.execute(
+                update(DueWork).where(DueWork.id == work.id).values(leased_until=None, attempts=0)
+            )
+
+
+def fail(
+    db: Database,
+    work: Claimed,
+    error: str,
+    *,
+    permanent: bool = False,
+    backoff: Sequence[float] = DEFAULT_BACKOFF,
+    now: datetime | None = None,
+) -> bool:
+    """The run failed: retry after the next step of ``backoff`` (with jitter), or, out of
+    steps or ``permanent``, move it to ``failed_work``. Returns True if it will be retried."""
+    now = now or utcnow()
+    retry = not permanent and work.attempts <= len(backoff)
+    with db.transaction() as session:
+        if retry:
+            delay = backoff[work.attempts - 1] * random.uniform(0.9, 1.1)
+            session.execute(
+                update(DueWork)
+                .where(DueWork.id == work.id)
+                .values(due_at=now + timedelta(seconds=delay), leased_until=None, last_error=error)
+            )
+        else:
+            session.execute(delete(DueWork).where(DueWork.id == work.id))
+            session.execute(
+                insert(FailedWork).values(
+                    kind=work.kind,
+                    key=work.key,
+                    payload=work.payload,
+                    attempts=work.attempts,
+                    error=error,
+                )
+            )
+    return retry
+
+
+Handler = Callable[[Claimed], None]
+
+
+def run_due(
+    db: Database,
+    kind: str,
+    handler: Handler,
+    *,
+    batch: int = 50,
+    lease: float = 120.0,
+    backoff: Sequence[float] = DEFAULT_BACKOFF,
+) -> int:
+    """Run due work of ``kind`` until none is left; returns how many runs finished.
+
+    ``handler`` raises :class:`PermanentError` for work that cannot succeed, anything else
+    for a failure worth retrying.
+    """
+    finished = 0
+    while claimed := claim(db, kind, batch, lease):
+        for work in claimed:
+            try:
+                handler(work)
+            except PermanentError as exc:
+                fail(db, work, str(exc), permanent=True, backoff=backoff)
+                log.warning("%s %s failed for good: %s", kind, work.key, exc)
+            except Exception as exc:  # worth another try, later
+                retried = fail(db, work, f"{type(exc).__name__}: {exc}", backoff=backoff)
+                log.warning(
+                    "%s %s failed (%s): %s", kind, work.key, "retry" if retried else "gave up", exc
+                )
+            else:
+                finish(db, work)
+                finished += 1
+    return finished
+
+
+def pending(session: Session, kind: str) -> int:
+    """Rows of ``kind`` waiting or running, for ops."""
+    return int(session.scalar(select(func.count()).where(DueWork.kind == kind)) or 0)

@@ -1,0 +1,95 @@
+"""``pressroom relay``: woken by commits, publishing what is due, resending what was lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import update
+
+from services.relay import RelayService
+from shared import lifecycle, redelivery
+from shared.bus import CelerySender
+from shared.celery import create_celery
+from shared.db import utcnow
+from shared.models import Article, ConsumedEvent, OutboxEvent
+from shared.models import ArticleStatus as S
+from shared.runtime import Runtime
+from tests.brokers import queued
+from tests.e2e.conftest import wait_for
+
+
+@pytest.fixture
+def running_relay(settings) -> Iterator[RelayService]:  # type: ignore[no-untyped-def]
+    # A long sweep interval: whatever arrives quickly arrived by notification.
+    service = RelayService(Runtime(replace(settings, outbox_sweep_seconds=60)))
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(0.5)  # listening
+    yield service
+    stop.set()
+    thread.join(10)
+
+
+def publish(database, title: str = "Story", **fields) -> str:  # type: ignore[no-untyped-def]
+    with database.transaction() as session:
+        article = Article(slug=title.lower().replace(" ", "-"), title=title, **fields)
+        session.add(article)
+        session.flush()
+        if article.status == S.DRAFT:
+            lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+        return article.id
+
+
+def test_a_commit_wakes_the_relay_at_once(database, redis_url, running_relay):
+    started = time.monotonic()
+    article_id = publish(database)
+    assert wait_for(lambda: queued(redis_url, "notifier"), 5, 0.01)
+    assert time.monotonic() - started < 2  # not the 60 s sweep
+    assert [m["envelope"]["subject"] for m in queued(redis_url, "archiver")] == [article_id]
+
+
+def test_a_scheduled_story_goes_out_with_no_worker_running(database, redis_url, running_relay):
+    with database.transaction() as session:
+        session.add(Article(slug="later", title="Later", status=S.SCHEDULED, publish_at=utcnow()))
+    assert wait_for(lambda: queued(redis_url, "notifier"), 15, 0.1)
+    [message] = queued(redis_url, "notifier")
+    assert message["envelope"]["type"] == "article.published"
+
+
+def test_an_event_a_consumer_lost_is_sent_again_and_only_that(database, settings, redis_url):
+    lost, kept = publish(database, "Lost"), publish(database, "Kept")
+    RelayService(Runtime(settings)).relay_pending()
+    with database.transaction() as session:
+        events = {row.article_id: row.event_id for row in session.query(OutboxEvent)}
+        for consumer in ("archiver", "notifier"):  # the archiver got both; the notifier one
+            for article_id in (lost, kept) if consumer == "archiver" else (kept,):
+                session.add(
+                    ConsumedEvent(
+                        event_id=events[article_id],
+                        consumer=consumer,
+                        event_type="article.published",
+                        article_id=article_id,
+                    )
+                )
+        session.execute(update(OutboxEvent).values(relayed_at=utcnow() - timedelta(minutes=5)))
+    redis_lib.Redis.from_url(redis_url).flushdb()  # the broker lost its queues
+    sender = CelerySender(create_celery(settings, "test"))
+    settle = timedelta(minutes=2)
+    resent = redelivery.redeliver_lost(database, sender, lambda q: 0, settle)
+    assert resent == {"notifier": 1}
+    assert [m["envelope"]["subject"] for m in queued(redis_url, "notifier")] == [lost]
+    # Resent once: not again before another settling time has passed...
+    assert redelivery.redeliver_lost(database, sender, lambda q: 0, settle) == {}
+    # ...and never into a queue that has not drained.
+    later = utcnow() + timedelta(minutes=3)
+    assert redelivery.redeliver_lost(database, sender, lambda q: 500, settle, now=later) == {}
+    assert redelivery.redeliver_lost(database, sender, lambda q: 0, settle, now=later) == {
+        "notifier": 1
+    }

@@ -1,0 +1,113 @@
+"""Due work: asked for in a transaction, run once after it, retried, never lost."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from shared import work
+from shared.db import utcnow
+from shared.errors import PermanentError
+from shared.models import DueWork, FailedWork
+
+
+def ask(database, key: str = "a1", **payload) -> None:  # type: ignore[no-untyped-def]
+    with database.transaction() as session:
+        work.request(session, "recompute", key, payload)
+
+
+def test_a_burst_of_requests_for_one_key_runs_once(database):
+    for n in range(5):
+        ask(database, n=n)
+    runs: list[dict] = []
+    assert work.run_due(database, "recompute", lambda w: runs.append(w.payload)) == 1
+    assert runs == [{"n": 4}]  # the latest payload
+    with database.session() as session:
+        assert session.scalars(select(DueWork)).all() == []
+
+
+def test_a_request_that_rolls_back_asks_for_nothing(database):
+    try:
+        with database.transaction() as session:
+            work.request(session, "recompute", "a1")
+            raise RuntimeError("the event's handler failed")
+    except RuntimeError:
+        pass
+    assert work.run_due(database, "recompute", lambda w: None) == 0
+
+
+def test_asked_again_while_running_runs_once_more(database):
+    ask(database)
+    runs: list[int] = []
+
+    def handler(claimed: work.Claimed) -> None:
+        runs.append(claimed.generation)
+        if len(runs) == 1:
+            ask(database)  # an edit arrives while the first run computes
+
+    assert work.run_due(database, "recompute", handler) == 2
+    assert runs == [1, 2]
+
+
+def test_two_workers_never_run_the_same_row_at_once(database):
+    for n in range(40):
+        ask(database, key=f"a{n}")
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def handler(claimed: work.Claimed) -> None:
+        with lock:
+            seen.append(claimed.key)
+
+    threads = [
+        threading.Thread(
+            target=work.run_due, args=(database, "recompute", handler), kwargs={"batch": 3}
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(seen) == sorted(f"a{n}" for n in range(40))
+
+
+def test_a_failure_is_retried_later_then_kept_with_its_reason(database):
+    ask(database)
+    failing = lambda w: (_ for _ in ()).throw(ConnectionError("refused"))  # noqa: E731
+    assert work.run_due(database, "recompute", failing, backoff=[60]) == 0
+    with database.session() as session:
+        [row] = session.scalars(select(DueWork)).all()
+    assert row.due_at > utcnow() + timedelta(seconds=50) and "refused" in (row.last_error or "")
+    with database.transaction() as session:  # time passes
+        row = session.get(DueWork, row.id)
+        assert row is not None
+        row.due_at = utcnow()
+    assert work.run_due(database, "recompute", failing, backoff=[60]) == 0
+    with database.session() as session:
+        assert session.scalars(select(DueWork)).all() == []
+        [failed] = session.scalars(select(FailedWork)).all()
+    assert failed.attempts == 2 and "refused" in failed.error
+
+
+def test_a_permanent_failure_is_not_retried(database):
+    ask(database)
+
+    def handler(claimed: work.Claimed) -> None:
+        raise PermanentError("no such article")
+
+    work.run_due(database, "recompute", handler)
+    with database.session() as session:
+        assert session.scalars(select(DueWork)).all() == []
+        assert [f.error for f in session.scalars(select(FailedWork))] == ["no such article"]
+
+
+def test_work_a_dead_worker_held_is_due_again_when_its_lease_runs_out(database):
+    ask(database)
+    [held] = work.claim(database, "recompute", 10, lease=60)  # then the worker is killed
+    assert work.claim(database, "recompute", 10, lease=60) == []
+    later = utcnow() + timedelta(seconds=61)
+    [again] = work.claim(database, "recompute", 10, lease=60, now=later)
+    assert again.key == held.key and again.attempts == 2
