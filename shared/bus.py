@@ -25,7 +25,7 @@ CONSUMERS = (ARCHIVER, NOTIFIER)
 # event type -> the consumer queues that subscribe to it (DESIGN.md, "Events")
 ROUTES: dict[str, tuple[str, ...]] = {
     events.ARTICLE_PUBLISHED: (ARCHIVER, NOTIFIER),
-    events.ARTICLE_UPDATED: (ARCHIVER,),
+    events.ARTICLE_UPDATED: (ARCHIVER, NOTIFIER),  # the notifier acts on corrections only
     events.ARTICLE_ARCHIVED: (ARCHIVER,),
     events.ARTICLE_UNARCHIVED: (ARCHIVER,),
     events.ARTICLE_RETRACTED: (ARCHIVER, NOTIFIER),

@@ -78,7 +78,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": queue, "expires": seconds},
         }
 
+    send = "notifier.send"
     return {
+        "notifier-send-email": every(5, send, "notifier") | {"args": ["email"]},
+        "notifier-send-webhook": every(5, send, "notifier") | {"args": ["webhook"]},
         "archive-sweep": every(
             settings.archive_sweep_seconds, "archiver.archive_sweep", "archiver"
         ),

@@ -71,6 +71,11 @@ class Settings:
     schedule_sweep_seconds: int = 5
     redeliver_after_seconds: int = 120
     webhook_allow_private: bool = False
+    mail_from: str = ""
+    # seconds before each retry of a failed delivery (NOTIFY_RETRY_SCHEDULE)
+    notify_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    confirm_expires_hours: int = 72
+    webhook_disable_after_days: int = 5
     port: int = 8000
     web_workers: int = 2
     worker_concurrency: int = 2
@@ -129,11 +134,12 @@ class Settings:
         env = os.environ if environ is None else environ
         var_dir = Path(env.get("VAR_DIR") or "var").resolve()
         port = _int(env, "PORT", 8000)
+        public_base_url = (env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}").rstrip("/")
         return cls(
             var_dir=var_dir,
             database_url=_database_url(env.get("DATABASE_URL")),
             redis_url=env.get("REDIS_URL") or None,
-            public_base_url=(env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
+            public_base_url=public_base_url,
             secret_key=env.get("SECRET_KEY") or _stored_secret(var_dir),
             smtp_url=env.get("SMTP_URL") or None,
             archive_after_days=_int(env, "ARCHIVE_AFTER_DAYS", 180),
@@ -145,11 +151,34 @@ class Settings:
             schedule_sweep_seconds=_int(env, "SCHEDULE_SWEEP_SECONDS", 5),
             redeliver_after_seconds=_int(env, "REDELIVER_AFTER_SECONDS", 120),
             webhook_allow_private=_bool(env.get("WEBHOOK_ALLOW_PRIVATE")),
+            mail_from=env.get("MAIL_FROM") or f"Pressroom <news@{_host(public_base_url)}>",
+            notify_retry_schedule=_seconds_list(env, "NOTIFY_RETRY_SCHEDULE")
+            or cls.notify_retry_schedule,
+            confirm_expires_hours=_int(env, "CONFIRM_EXPIRES_HOURS", 72),
+            webhook_disable_after_days=_int(env, "WEBHOOK_DISABLE_AFTER_DAYS", 5),
             port=port,
             web_workers=_int(env, "WEB_CONCURRENCY", 2),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         )
+
+
+def _host(url: str) -> str:
+    host = urlsplit(url).hostname or "localhost"
+    return "localhost" if host.replace(".", "").isdigit() else host
+
+
+def _seconds_list(env: Mapping[str, str], name: str) -> tuple[float, ...]:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return ()
+    try:
+        values = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be seconds separated by commas, not {raw!r}") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{name} cannot hold a negative delay")
+    return values
 
 
 def _database_url(given: str | None) -> str | None:

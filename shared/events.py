@@ -52,6 +52,7 @@ class ArticleEventDataSchema(Schema):
     published_at = fields.AwareDateTime(load_default=None, allow_none=True)
     reason = fields.String(load_default=None, allow_none=True)
     origin = fields.String(load_default="api")
+    correction = fields.String(load_default=None, allow_none=True)  # article.updated only
 
 
 class EnvelopeSchema(Schema):

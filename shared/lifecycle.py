@@ -100,10 +100,14 @@ def announce(
     *,
     reason: str | None = None,
     origin: str = "api",
+    correction: str | None = None,
 ) -> None:
     if article.id is None or article.version is None:
         session.flush()  # column defaults fill these in at flush; the snapshot needs them
-    bus.emit(session, event_type, {**article.snapshot(), "reason": reason, "origin": origin})
+    data = {**article.snapshot(), "reason": reason, "origin": origin}
+    if correction:
+        data["correction"] = correction
+    bus.emit(session, event_type, data)
 
 
 def publish_due(session: Session, now: datetime | None = None, limit: int = 200) -> list[str]:

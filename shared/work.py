@@ -76,37 +76,70 @@ def request(
     session.execute(statement)
 
 
-def claim(
-    db: Database, kind: str, limit: int, lease: float, now: datetime | None = None
-) -> list[Claimed]:
-    """Lease up to ``limit`` due rows of ``kind``, oldest due first; rows another process
-    is claiming right now are skipped, not waited for."""
+def lease_due(
+    db: Database,
+    model: Any,
+    *conditions: Any,
+    limit: int,
+    lease: float,
+    returning: Sequence[Any],
+    now: datetime | None = None,
+) -> list[Any]:
+    """Lease up to ``limit`` due rows of ``model`` (any table with ``due_at``,
+    ``leased_until`` and ``attempts``) that meet ``conditions``, oldest due first, counting
+    an attempt; rows another process is claiming right now are skipped, not waited for.
+    The lease is committed before this returns, so the work runs outside any transaction."""
     now = now or utcnow()
     due = (
-        select(DueWork.id)
+        select(model.id)
         .where(
-            DueWork.kind == kind,
-            DueWork.due_at <= now,
-            or_(DueWork.leased_until.is_(None), DueWork.leased_until <= now),
+            *conditions,
+            model.due_at <= now,
+            or_(model.leased_until.is_(None), model.leased_until <= now),
         )
-        .order_by(DueWork.due_at)
+        .order_by(model.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with db.transaction() as session:
-        rows = session.execute(
-            update(DueWork)
-            .where(DueWork.id.in_(due.scalar_subquery()))
-            .values(leased_until=now + timedelta(seconds=lease), attempts=DueWork.attempts + 1)
-            .returning(
-                DueWork.id,
-                DueWork.kind,
-                DueWork.key,
-                DueWork.payload,
-                DueWork.generation,
-                DueWork.attempts,
-            )
-        ).all()
+        return list(
+            session.execute(
+                update(model)
+                .where(model.id.in_(due.scalar_subquery()))
+                .values(leased_until=now + timedelta(seconds=lease), attempts=model.attempts + 1)
+                .returning(*returning)
+            ).all()
+        )
+
+
+def retry_delay(attempts: int, backoff: Sequence[float]) -> float | None:
+    """Seconds before the next try after ``attempts`` tries, with jitter (so retries of a
+    burst do not come back in step); None once ``backoff`` is spent."""
+    if attempts > len(backoff):
+        return None
+    return backoff[attempts - 1] * random.uniform(0.9, 1.1)
+
+
+def claim(
+    db: Database, kind: str, limit: int, lease: float, now: datetime | None = None
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows of ``kind`` (see :func:`lease_due`)."""
+    rows = lease_due(
+        db,
+        DueWork,
+        DueWork.kind == kind,
+        limit=limit,
+        lease=lease,
+        now=now,
+        returning=(
+            DueWork.id,
+            DueWork.kind,
+            DueWork.key,
+            DueWork.payload,
+            DueWork.generation,
+            DueWork.attempts,
+        ),
+    )
     return [Claimed(*row) for row in rows]
 
 
@@ -136,10 +169,10 @@ def fail(
     """The run failed: retry after the next step of ``backoff`` (with jitter), or, out of
     steps or ``permanent``, move it to ``failed_work``. Returns True if it will be retried."""
     now = now or utcnow()
-    retry = not permanent and work.attempts <= len(backoff)
+    delay = None if permanent else retry_delay(work.attempts, backoff)
+    retry = delay is not None
     with db.transaction() as session:
-        if retry:
-            delay = backoff[work.attempts - 1] * random.uniform(0.9, 1.1)
+        if delay is not None:
             session.execute(
                 update(DueWork)
                 .where(DueWork.id == work.id)

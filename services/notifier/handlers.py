@@ -1,11 +1,20 @@
-"""What the notifier does with each event type, built from the worker's runtime."""
+"""What the notifier does with each event type, built from the worker's runtime.
+
+Each handler only writes delivery rows, in the ledger transaction (see
+:mod:`services.notifier.fanout`); the sending happens after the commit.
+"""
 
 from __future__ import annotations
 
+from services.notifier import fanout
+from shared import events
 from shared.consumer import Handler
 from shared.runtime import Runtime
 
 
 def build_handlers(runtime: Runtime) -> dict[str, Handler]:
-    """No effects yet beyond the ledger record."""
-    return {}
+    return {
+        events.ARTICLE_PUBLISHED: fanout.on_published,
+        events.ARTICLE_UPDATED: fanout.on_updated,
+        events.ARTICLE_RETRACTED: fanout.on_retracted,
+    }

@@ -1,19 +1,64 @@
-"""The notifier's tasks: thin wrappers around the consumer base."""
+"""The notifier's tasks: thin wrappers around the consumer base and the sender.
+
+``notifier.consume`` writes delivery rows in the ledger transaction, then, after its
+commit, sends ``notifier.send`` tasks: several, so every notifier process shares a big
+fan-out (each claims its own batches). Beat sends one per channel every few seconds for
+retries that came due and confirmation emails. Never a task per recipient.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+
 from celery import Celery
 
+from services.notifier.channels.email import mailer_for
+from services.notifier.channels.webhook import HttpWebhookTransport
 from services.notifier.handlers import build_handlers
+from services.notifier.sending import Sender
 from shared.bus import NOTIFIER, consumer_task
 from shared.celery import CONSUMER_TASK_OPTIONS
-from shared.consumer import Consumer
+from shared.consumer import CONSUMED, Consumer
+from shared.models import Channel
 from shared.runtime import Runtime
+
+SEND_TASK = "notifier.send"
+# How many senders a fan-out starts per channel; more than the processes x pool size of a
+# usual deployment, and a sender that finds nothing to claim ends at once.
+SENDERS = {Channel.EMAIL: 4, Channel.WEBHOOK: 2}
+SEND_BUDGET_S = 240.0  # then it hands over to a fresh task, well inside the time limit
 
 
 def register(app: Celery, runtime: Runtime) -> None:
     consumer = Consumer(NOTIFIER, runtime, build_handlers(runtime))
 
+    @functools.cache
+    def sender(pid: int) -> Sender:  # one per pool process
+        settings = runtime.settings
+        return Sender(
+            runtime.db,
+            settings,
+            mailer_for(settings.smtp_url, settings.var_dir / "mail"),
+            HttpWebhookTransport(allow_private=settings.webhook_allow_private),
+        )
+
+    def kick(channel: str, count: int = 1) -> None:
+        for _ in range(count):
+            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
+
     @app.task(name=consumer_task(NOTIFIER), **CONSUMER_TASK_OPTIONS)
     def consume(envelopes: list[dict] | dict) -> list[str]:
-        return consumer.consume_message(envelopes)
+        outcomes = consumer.consume_message(envelopes)
+        if CONSUMED in outcomes:  # committed: rows may be waiting
+            for channel, count in SENDERS.items():
+                kick(channel, count)
+        return outcomes
+
+    @app.task(name=SEND_TASK, acks_late=True, ignore_result=True)
+    def send(channel: str) -> int:
+        worker = sender(os.getpid())
+        attempted = worker.send_due(channel, budget=SEND_BUDGET_S)
+        if worker.out_of_time:
+            kick(channel)
+        return attempted

@@ -3,6 +3,16 @@
 from shared.models.article import Article, ArticleHistory, ArticleStatus, has_status
 from shared.models.auth import ApiToken, IdempotencyRecord
 from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent, RedeliveryMark
+from shared.models.notify import (
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryKind,
+    DeliveryStatus,
+    Subscription,
+    SubscriptionStatus,
+    WebhookEndpoint,
+)
 from shared.models.work import DueWork, FailedWork
 
 __all__ = [
@@ -10,12 +20,20 @@ __all__ = [
     "Article",
     "ArticleHistory",
     "ArticleStatus",
+    "Channel",
     "ConsumedEvent",
     "DeadLetter",
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryKind",
+    "DeliveryStatus",
     "DueWork",
     "FailedWork",
     "IdempotencyRecord",
     "OutboxEvent",
     "RedeliveryMark",
+    "Subscription",
+    "SubscriptionStatus",
+    "WebhookEndpoint",
     "has_status",
 ]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.notifier.tokens import (
+from shared.subscriber_tokens import (
     CONFIRM,
     UNSUBSCRIBE,
     BadToken,

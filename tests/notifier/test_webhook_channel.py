@@ -16,16 +16,18 @@ import pytest
 
 from services.notifier.channels.webhook import (
     MAX_RETRY_AFTER_S,
-    BadSignature,
     HttpWebhookTransport,
     Outcome,
-    UnresolvableTarget,
-    UnsafeTarget,
     Verdict,
     WebhookMessage,
+    parse_retry_after,
+)
+from shared.webhooks import (
+    BadSignature,
+    UnresolvableTarget,
+    UnsafeTarget,
     check_target,
     new_secret,
-    parse_retry_after,
     sign,
     system_resolve,
     verify,

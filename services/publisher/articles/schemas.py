@@ -55,7 +55,8 @@ class ArticleCreateSchema(ArticleWriteSchema):
 
 
 class ArticleUpdateSchema(ArticleWriteSchema):
-    pass
+    # Marks the edit as a correction: subscribers who got the story are told, with this note.
+    correction = Text(validate=validate.Length(min=1, max=500), load_default=None)
 
 
 class ActionSchema(Schema):

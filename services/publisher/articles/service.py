@@ -94,11 +94,15 @@ def _insert(session: Session, article: Article) -> bool:
 
 
 def update_article(session: Session, article: Article, data: dict[str, Any], actor: str) -> bool:
-    """Apply an editor's partial update; returns whether anything changed."""
+    """Apply an editor's partial update; returns whether anything changed. An edit with a
+    ``correction`` note is announced as a correction even if no field changed."""
     if article.status == S.RETRACTED:
         raise Conflict("A retracted article cannot be edited.", "article_retracted")
+    correction = data.get("correction")
+    if correction and article.status != S.PUBLISHED:
+        raise Conflict("Only a published story can be corrected.", "not_published")
     changes = {k: v for k, v in _clean(data).items() if getattr(article, k) != v}
-    if not changes:
+    if not changes and not correction:
         return False
     if "slug" in changes:
         _ensure_slug_free(session, changes["slug"], article.id)
@@ -118,7 +122,7 @@ def update_article(session: Session, article: Article, data: dict[str, Any], act
     if article.status != before:
         lifecycle.record(session, article, before, actor, "schedule changed")
     if article.status in (S.PUBLISHED, S.ARCHIVED):
-        lifecycle.announce(session, article, events.ARTICLE_UPDATED)
+        lifecycle.announce(session, article, events.ARTICLE_UPDATED, correction=correction)
     return True
 
 
