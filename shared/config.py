@@ -75,6 +75,7 @@ class Settings:
     # seconds before each retry of a failed delivery (NOTIFY_RETRY_SCHEDULE)
     notify_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     confirm_expires_hours: int = 72
+    delivery_lease_seconds: int = 120  # a killed sender's batch is due again after this
     webhook_disable_after_days: int = 5
     port: int = 8000
     web_workers: int = 2
@@ -155,6 +156,7 @@ class Settings:
             notify_retry_schedule=_seconds_list(env, "NOTIFY_RETRY_SCHEDULE")
             or cls.notify_retry_schedule,
             confirm_expires_hours=_int(env, "CONFIRM_EXPIRES_HOURS", 72),
+            delivery_lease_seconds=_int(env, "DELIVERY_LEASE_SECONDS", 120),
             webhook_disable_after_days=_int(env, "WEBHOOK_DISABLE_AFTER_DAYS", 5),
             port=port,
             web_workers=_int(env, "WEB_CONCURRENCY", 2),

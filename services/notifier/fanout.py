@@ -39,9 +39,10 @@ ON CONFLICT DO NOTHING
 EMAIL_CORRECTION = text("""
 INSERT INTO deliveries (event_id, channel, destination_id, kind, article_id, status,
                         attempts, due_at, created_at)
-SELECT :event_id, 'email', d.destination_id, 'correction', :article_id, 'pending', 0, now(), now()
+SELECT :event_id, 'email', d.destination_id, 'correction', d.article_id, 'pending', 0, now(),
+       now()
 FROM deliveries d JOIN subscriptions t ON t.id = d.destination_id
-WHERE d.article_id = :article_id AND d.channel = 'email' AND d.kind = 'story'
+WHERE d.article_id = CAST(:article_id AS varchar) AND d.channel = 'email' AND d.kind = 'story'
   AND d.status = 'sent' AND t.status = 'confirmed'
 ON CONFLICT DO NOTHING
 """)

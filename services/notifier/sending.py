@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,7 +53,6 @@ from shared.work import lease_due, retry_delay
 
 log = logging.getLogger(__name__)
 
-LEASE_S = 120.0
 BATCH = 200
 ROTATION_OVERLAP = timedelta(hours=24)
 
@@ -71,10 +70,15 @@ class Outcome:
 
 @dataclass
 class Batch:
-    """The deliveries claimed together, with what they need loaded once."""
+    """The deliveries claimed together, with what they need loaded once.
+
+    ``lease`` is the ``leased_until`` the claim wrote: the batch's rows are ours while they
+    still carry it, and renewing it (:meth:`Sender._held`) says which still do."""
 
     rows: list[Any]
     events: dict[str, dict[str, Any]]  # event id -> envelope
+    lease: datetime | None = None
+    renewed: float = field(default_factory=time.monotonic)
 
 
 class Sender:
@@ -124,7 +128,7 @@ class Sender:
             Delivery.channel == channel,
             Delivery.status == DeliveryStatus.PENDING,
             limit=limit,
-            lease=LEASE_S,
+            lease=self.settings.delivery_lease_seconds,
             returning=(
                 Delivery.id,
                 Delivery.event_id,
@@ -132,6 +136,7 @@ class Sender:
                 Delivery.kind,
                 Delivery.payload,
                 Delivery.attempts,
+                Delivery.leased_until,
             ),
         )
         event_ids = {row.event_id for row in rows if row.payload is None}
@@ -148,7 +153,37 @@ class Sender:
                     ).where(OutboxEvent.event_id.in_(event_ids))
                 ):
                     events[outbox_row.event_id] = envelope_of(outbox_row)
-        return Batch(list(rows), events)
+        return Batch(list(rows), events, rows[0].leased_until if rows else None)
+
+    def _held(self, batch: Batch) -> Iterator[Any]:
+        """The batch's rows one by one, as long as they are still ours. A slow batch renews
+        its lease before a third of it has passed; rows whose lease ran out all the same
+        (and that another sender may have claimed) are left alone, never sent twice."""
+        lease = self.settings.delivery_lease_seconds
+        remaining = list(batch.rows)
+        while remaining:
+            if time.monotonic() - batch.renewed > lease / 3:
+                kept = self._renew(batch, [row.id for row in remaining])
+                remaining = [row for row in remaining if row.id in kept]
+                if not remaining:
+                    return
+            yield remaining.pop(0)
+
+    def _renew(self, batch: Batch, ids: list[int]) -> set[int]:
+        until = self.clock() + timedelta(seconds=self.settings.delivery_lease_seconds)
+        with self.db.transaction() as session:
+            kept = session.scalars(
+                update(Delivery)
+                .where(Delivery.id.in_(ids), Delivery.leased_until == batch.lease)
+                .values(leased_until=until)
+                .returning(Delivery.id)
+            ).all()
+        batch.lease, batch.renewed = until, time.monotonic()
+        if len(kept) < len(ids):
+            log.warning(
+                "%d deliveries outlived their lease; left to their new holder", len(ids) - len(kept)
+            )
+        return set(kept)
 
     # -- email
 
@@ -163,7 +198,7 @@ class Sender:
                 )
             }
         with self.mailer.open() as send:
-            for row in batch.rows:
+            for row in self._held(batch):
                 subscriber = subscribers.get(row.destination_id)
                 try:
                     message = self._email(row, subscriber, batch)
@@ -233,7 +268,7 @@ class Sender:
                 )
             }
         with self.webhooks.open() as deliver:
-            for row in batch.rows:
+            for row in self._held(batch):
                 endpoint = endpoints.get(row.destination_id)
                 body = row.payload if row.payload is not None else batch.events.get(row.event_id)
                 if endpoint is None or not endpoint.enabled or body is None:

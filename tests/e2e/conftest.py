@@ -45,7 +45,12 @@ class Workers:
         extra = {
             "ARCHIVE_SWEEP_CHUNK": str(settings.archive_sweep_chunk),
             "REDELIVER_AFTER_SECONDS": str(settings.redeliver_after_seconds),
+            "DELIVERY_LEASE_SECONDS": str(settings.delivery_lease_seconds),
+            "WEBHOOK_ALLOW_PRIVATE": "1" if settings.webhook_allow_private else "0",
+            "NOTIFY_RETRY_SCHEDULE": ",".join(map(str, settings.notify_retry_schedule)),
         }
+        if settings.smtp_url:
+            extra["SMTP_URL"] = settings.smtp_url
         for service in services or ("relay", "archiver", "notifier"):
             log = open(self.tmp_path / f"{service}.log", "ab")  # noqa: SIM115 (closed with the process)
             command = [service] if service == "relay" else ["worker", service]

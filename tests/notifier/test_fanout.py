@@ -1,0 +1,242 @@
+"""From an event to what subscribers receive, on a real SMTP server and HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from services.notifier.channels.email import SmtpMailer
+from services.notifier.channels.webhook import HttpWebhookTransport
+from services.notifier.handlers import build_handlers
+from services.notifier.sending import Sender
+from shared import events, lifecycle
+from shared.consumer import Consumer
+from shared.db import utcnow
+from shared.models import (
+    Article,
+    Delivery,
+    DeliveryStatus,
+    OutboxEvent,
+    Subscription,
+    WebhookEndpoint,
+)
+from shared.models import ArticleStatus as S
+from shared.runtime import Runtime
+from shared.webhooks import new_secret, verify
+from tests.notifier.servers import MailSink, Receiver, smtp_sink
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[MailSink, str]]:
+    with smtp_sink() as found:
+        yield found
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def notifier(settings, sink, receiver):  # type: ignore[no-untyped-def]
+    _, smtp_url = sink
+    own = replace(settings, smtp_url=smtp_url, webhook_allow_private=True)
+    runtime = Runtime(own)
+    consumer = Consumer("notifier", runtime, build_handlers(runtime))
+    sender = Sender(
+        runtime.db,
+        own,
+        SmtpMailer(smtp_url, local_hostname="pressroom.test"),
+        HttpWebhookTransport(allow_private=True),
+    )
+    return consumer, sender
+
+
+def subscribe(database, email: str, status: str = "confirmed", **topics: list[str]) -> str:  # type: ignore[no-untyped-def]
+    with database.transaction() as session:
+        sub = Subscription(email=email, status=status, **topics)
+        session.add(sub)
+        session.flush()
+        return sub.id
+
+
+def endpoint(database, url: str, types: list[str] | None = None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    secret = new_secret()
+    with database.transaction() as session:
+        row = WebhookEndpoint(
+            url=url, event_types=types or [events.ARTICLE_PUBLISHED], secret=secret
+        )
+        session.add(row)
+        session.flush()
+        return row.id, secret
+
+
+def publish(database, title: str = "Budget passes", section: str = "politics", **data: Any):  # type: ignore[no-untyped-def]
+    with database.transaction() as session:
+        article = Article(slug=title.lower().replace(" ", "-"), title=title, section=section)
+        session.add(article)
+        session.flush()
+        lifecycle.transition(session, article, S.PUBLISHED, actor="test", **data)
+        return article.id
+
+
+def outbox(database) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    with database.session() as session:
+        rows = session.execute(
+            select(
+                OutboxEvent.event_id,
+                OutboxEvent.type,
+                OutboxEvent.article_id,
+                OutboxEvent.data,
+                OutboxEvent.created_at,
+            ).order_by(OutboxEvent.position)
+        ).all()
+    return [events.envelope_of(row) for row in rows]
+
+
+def deliveries(database) -> list[Delivery]:  # type: ignore[no-untyped-def]
+    with database.session() as session:
+        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def test_each_matching_confirmed_subscriber_gets_the_story_once(database, notifier, sink):
+    consumer, sender = notifier
+    mails, _ = sink
+    subscribe(database, "all@example.org")
+    subscribe(database, "politics@example.org", sections=["politics"])
+    subscribe(database, "sport@example.org", sections=["sport"])
+    subscribe(database, "pending@example.org", status="pending")
+    subscribe(database, "gone@example.org", status="unsubscribed")
+    publish(database)
+    [event] = outbox(database)
+    consumer.consume(event)
+    consumer.consume(event)  # redelivered by the broker: nothing more
+    assert sender.send_due("email") == 2
+    assert mails.received() == {
+        ("all@example.org", "Budget passes"): 1,
+        ("politics@example.org", "Budget passes"): 1,
+    }
+    message = mails.messages[0]
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/subscriptions/unsubscribe?token=" in message["List-Unsubscribe"]
+    assert sender.send_due("email") == 0  # sent is sent
+
+
+def test_an_imported_story_tells_nobody(database, notifier, sink):
+    consumer, sender = notifier
+    subscribe(database, "all@example.org")
+    publish(database, origin="import")
+    consumer.consume(outbox(database)[0])
+    assert sender.send_due("email") == 0 and sink[0].messages == []
+
+
+def test_a_webhook_gets_the_signed_envelope_with_a_stable_id(database, notifier, receiver):
+    consumer, sender = notifier
+    _, secret = endpoint(database, f"{receiver.url}/hook")
+    publish(database)
+    [event] = outbox(database)
+    consumer.consume(event)
+    assert sender.send_due("webhook") == 1
+    [request] = receiver.requests
+    verify(secret, request["headers"], request["body"])  # raises if the signature is wrong
+    assert request["headers"]["webhook-id"] == event["id"]
+    assert json.loads(request["body"])["type"] == "article.published"
+
+
+def test_a_failing_endpoint_is_retried_on_schedule_then_dead(database, notifier, receiver):
+    consumer, sender = notifier
+    sender.settings = replace(sender.settings, notify_retry_schedule=(60,))
+    endpoint(database, f"{receiver.url}/down")
+    receiver.status["/down"] = 503
+    publish(database)
+    consumer.consume(outbox(database)[0])
+    sender.send_due("webhook")
+    [row] = deliveries(database)
+    assert row.status == DeliveryStatus.PENDING and row.due_at > utcnow() + timedelta(seconds=50)
+    with database.transaction() as session:  # a minute later
+        session.execute(update(Delivery).values(due_at=utcnow()))
+    sender.send_due("webhook")
+    [row] = deliveries(database)
+    assert row.status == DeliveryStatus.DEAD and row.attempts == 2
+    assert len(receiver.requests) == 2
+
+
+def test_410_disables_the_endpoint_and_says_why(database, notifier, receiver):
+    consumer, sender = notifier
+    endpoint_id, _ = endpoint(database, f"{receiver.url}/gone")
+    receiver.status["/gone"] = 410
+    publish(database)
+    consumer.consume(outbox(database)[0])
+    sender.send_due("webhook")
+    with database.session() as session:
+        row = session.get(WebhookEndpoint, endpoint_id)
+    assert row is not None and not row.enabled and "410" in (row.disabled_reason or "")
+
+
+def test_a_refused_recipient_is_not_retried(database, notifier, sink):
+    consumer, sender = notifier
+    mails, _ = sink
+    mails.refuse["nobody@example.org"] = "550 5.1.1 no such user"
+    subscribe(database, "nobody@example.org")
+    subscribe(database, "reader@example.org")
+    publish(database)
+    consumer.consume(outbox(database)[0])
+    sender.send_due("email")
+    outcome = {d.destination_id: d.status for d in deliveries(database)}
+    assert sorted(outcome.values()) == [DeliveryStatus.FAILED, DeliveryStatus.SENT]
+    assert mails.received() == {("reader@example.org", "Budget passes"): 1}
+
+
+def test_a_correction_mails_those_who_got_the_story_once(database, notifier, sink, editor, client):
+    consumer, sender = notifier
+    mails, _ = sink
+    subscribe(database, "reader@example.org")
+    article_id = publish(database)
+    consumer.consume(outbox(database)[0])
+    sender.send_due("email")
+    subscribe(database, "later@example.org")  # joined after: never got the story
+    plain_edit = client.patch(
+        f"/api/v1/articles/{article_id}", json={"summary": "typo fixed"}, headers=editor
+    )
+    corrected = client.patch(
+        f"/api/v1/articles/{article_id}",
+        json={"summary": "The vote was 310 to 290.", "correction": "We misreported the vote."},
+        headers=editor,
+    )
+    assert plain_edit.status_code == corrected.status_code == 200
+    for event in outbox(database)[1:]:
+        consumer.consume(event)
+    sender.send_due("email")
+    assert mails.received() == {
+        ("reader@example.org", "Budget passes"): 1,
+        ("reader@example.org", "Correction: Budget passes"): 1,
+    }
+    text = mails.messages[-1].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "We misreported the vote." in text
+
+
+def test_a_retraction_cancels_what_was_not_sent(database, notifier, sink, receiver):
+    consumer, sender = notifier
+    subscribe(database, "reader@example.org")
+    endpoint(database, f"{receiver.url}/hook", [events.ARTICLE_RETRACTED])
+    article_id = publish(database)
+    consumer.consume(outbox(database)[0])
+    with database.transaction() as session:
+        article = session.get(Article, article_id)
+        assert article is not None
+        lifecycle.transition(session, article, S.RETRACTED, actor="test", reason="legal")
+    consumer.consume(outbox(database)[1])
+    sender.send_due("email")
+    sender.send_due("webhook")
+    assert sink[0].messages == []
+    [request] = receiver.requests
+    assert json.loads(request["body"])["type"] == "article.retracted"
+    statuses = {d.kind: d.status for d in deliveries(database)}
+    assert statuses == {"story": DeliveryStatus.CANCELLED, "retraction": DeliveryStatus.SENT}
