@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
 from services.notifier.channels.email import (
     Letterhead,
@@ -329,8 +329,8 @@ class Sender:
             session.execute(text("SET LOCAL synchronous_commit = off"))
             session.execute(update(Delivery).where(Delivery.id == row.id).values(**values))
             if not cancel:
-                session.add(
-                    DeliveryAttempt(
+                session.execute(
+                    insert(DeliveryAttempt).values(
                         delivery_id=row.id,
                         at=now,
                         outcome=outcome.verdict.value,
