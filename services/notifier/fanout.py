@@ -11,12 +11,15 @@ story matches if its section is one of the sections or it shares a tag.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
-from shared.models import Delivery, DeliveryStatus
+from shared.consumer import after_commit
+from shared.models import Channel, Delivery, DeliveryStatus
 from shared.models import DeliveryKind as K
 
 # What a destination's topics make of a story: ``t`` is the subscriptions or endpoints row.
@@ -69,40 +72,51 @@ def _params(event: dict[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def on_published(session: Session, event: dict[str, Any]) -> None:
-    """A new story: an email to each matching confirmed subscriber, the event to each
-    matching endpoint. Imported stories are back catalogue, not news: nobody is told."""
-    if event["data"].get("origin") == "import":
-        return
-    params = _params(event, K.STORY)
-    session.execute(EMAIL_STORY, params)
-    session.execute(WEBHOOK, params)
+Wake = Callable[[str], None]  # start senders of a channel: rows are waiting
 
 
-def on_updated(session: Session, event: dict[str, Any]) -> None:
-    """Only a correction tells anyone: one email to each who got the story, the event (with
-    its note) to the endpoints that asked for updates."""
-    if not event["data"].get("correction"):
-        return
-    params = _params(event, K.CORRECTION)
-    session.execute(EMAIL_CORRECTION, params)
-    session.execute(WEBHOOK, params)
+class FanOut:
+    """The notifier's handlers. Each writes rows only; if it wrote any, the channel's
+    senders are woken once the ledger transaction commits."""
 
+    def __init__(self, wake: Wake):
+        self.wake = wake
 
-def on_retracted(session: Session, event: dict[str, Any]) -> None:
-    """Messages about the story not sent yet are cancelled; endpoints get the retraction."""
-    article_id = event["data"]["article_id"]
-    session.execute(
-        update_pending(article_id).values(
-            status=DeliveryStatus.CANCELLED, last_error="the story was retracted"
+    def _write(
+        self, session: Session, channel: str, statement: Any, params: dict[str, Any]
+    ) -> None:
+        result: Any = session.execute(statement, params)
+        if result.rowcount:
+            after_commit(session, functools.partial(self.wake, channel))
+
+    def on_published(self, session: Session, event: dict[str, Any]) -> None:
+        """A new story: an email to each matching confirmed subscriber, the event to each
+        matching endpoint. Imported stories are back catalogue, not news: nobody is told."""
+        if event["data"].get("origin") == "import":
+            return
+        params = _params(event, K.STORY)
+        self._write(session, Channel.EMAIL, EMAIL_STORY, params)
+        self._write(session, Channel.WEBHOOK, WEBHOOK, params)
+
+    def on_updated(self, session: Session, event: dict[str, Any]) -> None:
+        """Only a correction tells anyone: one email to each who got the story, the event
+        (with its note) to the endpoints that asked for updates."""
+        if not event["data"].get("correction"):
+            return
+        params = _params(event, K.CORRECTION)
+        self._write(session, Channel.EMAIL, EMAIL_CORRECTION, params)
+        self._write(session, Channel.WEBHOOK, WEBHOOK, params)
+
+    def on_retracted(self, session: Session, event: dict[str, Any]) -> None:
+        """Messages about the story not sent yet are cancelled; endpoints get the
+        retraction."""
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.article_id == event["data"]["article_id"],
+                Delivery.status == DeliveryStatus.PENDING,
+                Delivery.kind.in_([K.STORY, K.CORRECTION]),
+            )
+            .values(status=DeliveryStatus.CANCELLED, last_error="the story was retracted")
         )
-    )
-    session.execute(WEBHOOK, _params(event, K.RETRACTION))
-
-
-def update_pending(article_id: str) -> Any:
-    return update(Delivery).where(
-        Delivery.article_id == article_id,
-        Delivery.status == DeliveryStatus.PENDING,
-        Delivery.kind.in_([K.STORY, K.CORRECTION]),
-    )
+        self._write(session, Channel.WEBHOOK, WEBHOOK, _params(event, K.RETRACTION))

@@ -1,8 +1,8 @@
 """The notifier's tasks: thin wrappers around the consumer base and the sender.
 
-``notifier.consume`` writes delivery rows in the ledger transaction, then, after its
-commit, sends ``notifier.send`` tasks: several, so every notifier process shares a big
-fan-out (each claims its own batches). Beat sends one per channel every few seconds for
+``notifier.consume`` writes delivery rows in the ledger transaction; if it wrote any, it
+sends ``notifier.send`` tasks after the commit: several, so every notifier process shares
+a big fan-out (each claims its own batches). Beat sends one per channel every few seconds for
 retries that came due and confirmation emails. Never a task per recipient.
 """
 
@@ -19,7 +19,7 @@ from services.notifier.handlers import build_handlers
 from services.notifier.sending import Sender
 from shared.bus import NOTIFIER, consumer_task
 from shared.celery import CONSUMER_TASK_OPTIONS
-from shared.consumer import CONSUMED, Consumer
+from shared.consumer import Consumer
 from shared.models import Channel
 from shared.runtime import Runtime
 
@@ -32,7 +32,11 @@ SEND_BUDGET_S = 240.0  # then it hands over to a fresh task, well inside the tim
 
 
 def register(app: Celery, runtime: Runtime) -> None:
-    consumer = Consumer(NOTIFIER, runtime, build_handlers(runtime))
+    def wake(channel: str) -> None:
+        for _ in range(SENDERS[Channel(channel)]):
+            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
+
+    consumer = Consumer(NOTIFIER, runtime, build_handlers(runtime, wake))
 
     @functools.cache
     def sender(pid: int) -> Sender:  # one per pool process
@@ -44,22 +48,14 @@ def register(app: Celery, runtime: Runtime) -> None:
             HttpWebhookTransport(allow_private=settings.webhook_allow_private),
         )
 
-    def kick(channel: str, count: int = 1) -> None:
-        for _ in range(count):
-            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
-
     @app.task(name=consumer_task(NOTIFIER), **CONSUMER_TASK_OPTIONS)
     def consume(envelopes: list[dict] | dict) -> list[str]:
-        outcomes = consumer.consume_message(envelopes)
-        if CONSUMED in outcomes:  # committed: rows may be waiting
-            for channel, count in SENDERS.items():
-                kick(channel, count)
-        return outcomes
+        return consumer.consume_message(envelopes)  # wakes the senders of what it wrote
 
     @app.task(name=SEND_TASK, acks_late=True, ignore_result=True)
     def send(channel: str) -> int:
         worker = sender(os.getpid())
         attempted = worker.send_due(channel, budget=SEND_BUDGET_S)
-        if worker.out_of_time:
-            kick(channel)
+        if worker.out_of_time:  # there may be more: a fresh task carries on
+            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
         return attempted

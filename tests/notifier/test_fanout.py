@@ -44,12 +44,16 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
+woken: list[str] = []
+
+
 @pytest.fixture
 def notifier(settings, sink, receiver):  # type: ignore[no-untyped-def]
+    woken.clear()
     _, smtp_url = sink
     own = replace(settings, smtp_url=smtp_url, webhook_allow_private=True)
     runtime = Runtime(own)
-    consumer = Consumer("notifier", runtime, build_handlers(runtime))
+    consumer = Consumer("notifier", runtime, build_handlers(runtime, woken.append))
     sender = Sender(
         runtime.db,
         own,
@@ -118,6 +122,7 @@ def test_each_matching_confirmed_subscriber_gets_the_story_once(database, notifi
     [event] = outbox(database)
     consumer.consume(event)
     consumer.consume(event)  # redelivered by the broker: nothing more
+    assert sorted(woken) == ["email"]  # once, after the commit: no endpoint matched
     assert sender.send_due("email") == 2
     assert mails.received() == {
         ("all@example.org", "Budget passes"): 1,
@@ -135,6 +140,7 @@ def test_an_imported_story_tells_nobody(database, notifier, sink):
     publish(database, origin="import")
     consumer.consume(outbox(database)[0])
     assert sender.send_due("email") == 0 and sink[0].messages == []
+    assert woken == []
 
 
 def test_a_webhook_gets_the_signed_envelope_with_a_stable_id(database, notifier, receiver):

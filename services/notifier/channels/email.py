@@ -39,6 +39,8 @@ from shared.errors import ConfigError, PermanentError, PressroomError, Transient
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+
 # Long header lines are folded only at 998 characters (RFC 5322's hard limit): at the usual 78,
 # the email package turns a long unsubscribe URL into encoded-words that no client can follow.
 class _Headers(headerregistry.HeaderRegistry):
