@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 RELAY_BUDGET_S = 5.0  # one wake-up relays for at most this long before the periodic jobs
 REDELIVERY_EVERY_S = 30.0  # or half REDELIVER_AFTER_SECONDS, if that is sooner
 RECONNECT_MAX_S = 10.0
+# After a wake-up the relay waits for company before it relays: LINGER_STEP_S for each
+# event beyond the first that its last pass sent, never more than LINGER_MAX_S. A quiet
+# newsroom's event leaves at once; under a burst, one pass sends a batch in a message or
+# two per queue instead of a message per event, which is what lets the consumers keep up.
+LINGER_STEP_S = 0.005
+LINGER_MAX_S = 0.05
+
+
+def linger_after(previous_pass: int) -> float:
+    return min(LINGER_MAX_S, LINGER_STEP_S * max(0, previous_pass - 1))
 
 
 @dataclass
@@ -104,8 +114,9 @@ class RelayService:
         with psycopg.connect(self._conninfo(), autocommit=True, connect_timeout=3) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             log.info("relay listening for outbox commits")
+            previous = 0
             while not stop.is_set():
-                self.relay_pending()  # what committed before LISTEN, or while we worked
+                previous = self.relay_pending()  # what committed before LISTEN, or meanwhile
                 now = time.monotonic()
                 for job in self.periodic:
                     job.run_if_due(now)
@@ -114,7 +125,8 @@ class RelayService:
                 # at the latest after a sweep's interval, in case one was missed.
                 timeout = max(0.05, min(wait, self.sweep_every))
                 for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    pass
+                    if linger := linger_after(previous):
+                        time.sleep(linger)  # transactions committing now join this pass
 
     def _conninfo(self) -> str:
         """The database URL as libpq takes it (no SQLAlchemy driver suffix)."""

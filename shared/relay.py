@@ -47,17 +47,20 @@ class Relay:
         sent, started = 0, time.monotonic()
         while True:
             with self.db.transaction() as session:
-                rows = self._heads(session)
+                rows, fetched = self._heads(session)
                 done, failed = self._send(rows)
                 self._mark(session, rows, done, failed)
             sent += done
             out_of_time = budget is not None and time.monotonic() - started >= budget
-            if failed or not rows or out_of_time:
+            # Fewer than a batch pending, all of them heads: that was everything.
+            everything = fetched < self.batch and len(rows) == fetched
+            if failed or not rows or everything or out_of_time:
                 return sent
 
-    def _heads(self, session: Session) -> Sequence[Row[Any]]:
-        """Of the oldest pending events, those that are their article's oldest pending one:
-        a later event of an article waits for the earlier, so order is kept.
+    def _heads(self, session: Session) -> tuple[Sequence[Row[Any]], int]:
+        """Of the oldest pending events, those that are their article's oldest pending one
+        (a later event of an article waits for the earlier, so order is kept), and how many
+        were fetched.
 
         Two plain index walks, whatever the backlog: the oldest pending rows by position
         (skipping rows another relay holds), then each of their articles' first pending
@@ -67,12 +70,12 @@ class Relay:
         connection = session.connection()
         rows = connection.execute(self.statements.oldest, {"limit": self.batch}).all()
         if not rows:
-            return rows
+            return rows, 0
         article_ids = list({row.article_id for row in rows})
         first: dict[str, int] = dict(
             connection.execute(self.statements.first_pending, {"article_ids": article_ids}).all()
         )
-        return [row for row in rows if first[row.article_id] == row.position]
+        return [row for row in rows if first[row.article_id] == row.position], len(rows)
 
     def _send(self, rows: Sequence[Row[Any]]) -> tuple[int, bool]:
         """Each run of ``MESSAGE_EVENTS`` rows goes as one message to each queue routed.
