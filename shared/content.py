@@ -30,8 +30,10 @@ SLUG_MAX = 80  # of a slug made from a title; an editor's own may be longer
 SLUG_LIMIT = 200  # the column's size
 SLUG_PROBE = 20  # slugs asked about at once when a title repeats
 # Lowercase words joined by hyphens; a section is one such name of up to 64 characters.
-SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-SECTION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# Anchored with \Z, not $: $ also matches before a trailing newline, which let "news\n"
+# be stored beside "news" (escaping ARCHIVE_POLICY) and reach an ETag header (a 500).
+SLUG_PATTERN = re.compile(r"\A[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+SECTION_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{0,63}\Z")
 
 
 def sanitise_html(body: str) -> str:

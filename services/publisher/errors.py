@@ -123,16 +123,22 @@ class PressroomApi(Api):
 
 
 class JsonBodyParser(FlaskParser):
-    """webargs' parser, taking JSON nested deeper than Python's parser goes for malformed.
+    """webargs' parser, taking JSON that Python's parser gives up on for malformed.
 
-    ``json.loads`` raises RecursionError there (about a thousand ``[`` suffice), which
-    webargs does not expect, and the client got a 500 instead of a 400."""
+    ``json.loads`` raises RecursionError on JSON nested deeper than it goes (about a
+    thousand ``[`` suffice) and a bare ValueError on an integer of more than 4,300 digits
+    (``sys.get_int_max_str_digits``); webargs expects neither, and the client got a 500
+    instead of a 400."""
 
     def _raw_load_json(self, req: Any) -> Any:
         try:
             return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise
         except RecursionError:
             raise json.JSONDecodeError("nested too deeply", "<request body>", 0) from None
+        except ValueError as exc:
+            raise json.JSONDecodeError(str(exc), "<request body>", 0) from None
 
 
 class ApiBlueprint(Blueprint):

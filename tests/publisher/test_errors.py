@@ -205,3 +205,29 @@ def test_unsupported_method_is_405_with_allow(client, editor):
     response = client.delete("/api/v1/articles", headers=editor)
     assert_error(response, 405)
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_json_with_an_integer_too_long_to_convert_is_400(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    huge = b'{"title": "x", "body": "y", "version": ' + b"9" * 5000 + b"}"
+    headers = {**editor, "Content-Type": "application/json"}
+    assert_error(client.post("/api/v1/articles", data=huge, headers=headers), 400, "malformed_json")
+    response = client.patch(f"/api/v1/articles/{created['id']}", data=huge, headers=headers)
+    assert_error(response, 400, "malformed_json")
+    publish = client.post(f"/api/v1/articles/{created['id']}/publish", data=huge, headers=headers)
+    assert_error(publish, 400, "malformed_json")
+    assert row_counts(database) == before
+
+
+@pytest.mark.parametrize(
+    "bad", [{"slug": "nl-twin\n"}, {"section": "news\n"}, {"slug": "\nnl-twin"}]
+)
+def test_a_trailing_or_leading_newline_is_no_slug_or_section(client, editor, unchanged, bad):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_a_section_with_a_newline_in_the_url_is_404_not_500(client, editor):
+    assert client.get("/sections/zzz%0A/feed.xml").status_code == 404
+    assert_error(client.get("/api/v1/articles?section=news%0A", headers=editor), 422)

@@ -92,7 +92,7 @@ def site_feed() -> BaseResponse:
 
 @blp.get("/sections/<section>/feed.xml")
 def section_feed(section: str) -> BaseResponse:
-    if not SECTION_PATTERN.match(section):
+    if not SECTION_PATTERN.fullmatch(section):
         abort(404)
     return _feed(section)
 
