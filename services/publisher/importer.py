@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
+from marshmallow import Schema, ValidationError, pre_load, validate
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from services.publisher.articles.schemas import SECTION
+from services.publisher.articles.schemas import BODY, SECTION, TITLE
 from shared import events
 from shared.bus import batched
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
 from shared.db import Database, analyze, new_id, utcnow
 from shared.events import make_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
-from shared.text import Text, When
+from shared.text import Tags, Text, When
 
 CHUNK = 1000
 HTML_TAG = re.compile(r"<[a-zA-Z][^>]*>")
@@ -48,10 +48,10 @@ class ImportRowSchema(Schema):
     class Meta:
         unknown = "exclude"
 
-    title = Text(required=True, validate=validate.Length(min=1, max=300))
-    body = Text(required=True, validate=validate.Length(min=1, max=500_000))
+    title = Text(required=True, validate=TITLE)
+    body = Text(required=True, validate=BODY)
     section = Text(load_default=None, allow_none=True, validate=SECTION)
-    tags = fields.List(Text(validate=validate.Length(min=1, max=100)), load_default=list)
+    tags = Tags(load_default=list, validate=validate.Length(max=50))
     published_at = When(load_default=None, allow_none=True)
 
     @pre_load

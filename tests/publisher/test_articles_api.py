@@ -83,6 +83,15 @@ def test_future_publish_at_schedules_the_article(client, editor):
     }
 
 
+def test_tags_are_kept_in_one_form_each_once(client, editor):
+    created = create(client, editor, tags=["x", "x", "X", " North Korea ", "north-korea"])
+    assert created["tags"] == ["x", "north-korea"]
+    other = create(client, editor, title="Other", tags=["y"])
+    listed = client.get("/api/v1/articles?tag=North%20Korea", headers=editor).json["items"]
+    assert [a["id"] for a in listed] == [created["id"]]
+    assert other["id"] not in [a["id"] for a in listed]
+
+
 def test_back_catalogue_keeps_its_published_at(client, editor):
     created = create(client, editor, status="published", published_at="2005-03-01T09:00:00Z")
     assert created["published_at"] == "2005-03-01T09:00:00+00:00"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text, update
@@ -231,3 +232,53 @@ def test_a_trailing_or_leading_newline_is_no_slug_or_section(client, editor, unc
 def test_a_section_with_a_newline_in_the_url_is_404_not_500(client, editor):
     assert client.get("/sections/zzz%0A/feed.xml").status_code == 404
     assert_error(client.get("/api/v1/articles?section=news%0A", headers=editor), 422)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"title": "   "}, {"title": "\t\n"}, {"body": ""}, {"body": "  \n "}, {"tags": ["!!"]}]
+)
+def test_blank_title_or_body_and_empty_tags_are_422(client, editor, unchanged, bad):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_blank_title_on_update_is_422(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    response = client.patch(
+        f"/api/v1/articles/{created['id']}", json={"title": " "}, headers=editor
+    )
+    assert "title" in assert_error(response, 422)["details"]
+    assert row_counts(database) == before
+
+
+def _in(**delta: float) -> str:
+    return (utcnow() + timedelta(**delta)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "says"),
+    [
+        ({"status": "draft", "publish_at": _in(days=30)}, "status", "a draft has no publish_at"),
+        ({"publish_at": _in(days=-3)}, "publish_at", "publish_at is in the past"),
+        ({"status": "published", "published_at": _in(days=3)}, "published_at", "future"),
+    ],
+)
+def test_times_that_contradict_the_status_are_422_saying_why(
+    client, editor, unchanged, bad, field, says
+):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    details = assert_error(response, 422)["details"]
+    assert set(details) == {field}
+    assert says in " ".join(details[field])
+
+
+def test_a_past_publish_at_on_update_is_422(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(publish_at=_in(days=1)), headers=editor)
+    assert created.json["status"] == "scheduled"
+    before = row_counts(database)
+    response = client.patch(
+        f"/api/v1/articles/{created.json['id']}", json={"publish_at": _in(days=-2)}, headers=editor
+    )
+    assert "publish_at" in assert_error(response, 422)["details"]
+    assert row_counts(database) == before
