@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask, request
-from werkzeug.exceptions import UnsupportedMediaType
+from flask import Flask, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from services.publisher import health, ops
 from services.publisher.articles.routes import blp as articles_blp
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     register_error_handlers(app)
     _register_domain_errors(app)
     app.before_request(_require_json_body)
+    app.before_request(_limit_streamed_body)
 
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
@@ -62,6 +63,21 @@ def _require_json_body() -> None:
     )
     if has_body and not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
+
+
+def _limit_streamed_body() -> None:
+    """A chunked body over the limit is a 413, as one with a Content-Length is.
+
+    Werkzeug stops reading a stream without a length at ``MAX_CONTENT_LENGTH`` and hands
+    back what it read, so the JSON parser saw a cut-off body (400 malformed_json). The body
+    is read here, up to the limit, and one byte past it decides."""
+    if request.content_length is not None or request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def _register_domain_errors(app: Flask) -> None:

@@ -87,7 +87,8 @@ def from_http_exception(error: HTTPException) -> Response:
 def _drain_request_body() -> None:
     """Read what the client is still sending, so it receives our 413 instead of a reset."""
     stream = request.environ.get("wsgi.input")
-    remaining = min(request.content_length or 0, DRAIN_LIMIT)
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "")
+    remaining = DRAIN_LIMIT if chunked else min(request.content_length or 0, DRAIN_LIMIT)
     while stream is not None and remaining > 0:
         chunk = stream.read(min(remaining, 1 << 16))
         if not chunk:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import uuid
 from datetime import timedelta
@@ -282,3 +284,25 @@ def test_a_past_publish_at_on_update_is_422(client, editor, database):
     )
     assert "publish_at" in assert_error(response, 422)["details"]
     assert row_counts(database) == before
+
+
+def test_a_chunked_body_over_one_mebibyte_is_413_too(client, editor, unchanged):
+    big = b'{"title": "' + b"a" * (2 << 20) + b'"}'
+    response = client.post(
+        "/api/v1/articles",
+        input_stream=io.BytesIO(big),
+        headers={**editor, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert_error(response, 413)
+
+
+def test_a_chunked_body_under_the_limit_is_read_whole(client, editor):
+    body = json.dumps(article(body="<p>" + "b" * 490_000 + "</p>", summary="s" * 2000)).encode()
+    response = client.post(
+        "/api/v1/articles",
+        input_stream=io.BytesIO(body),
+        headers={**editor, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 201, response.json
