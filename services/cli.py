@@ -328,22 +328,36 @@ def events_replay(since: datetime, consumer: str | None) -> None:
     default="published",
     help="Status of imported rows (published rows keep their published_at).",
 )
-def import_csv(path: Path, status: str) -> None:
-    """Bulk-import articles from a CSV (title, body; optional section, tags, published_at).
+@click.option(
+    "--section-column",
+    metavar="NAME",
+    default=None,
+    help="The column that holds the section, e.g. category (default: section).",
+)
+def import_csv(path: Path, status: str, section_column: str | None) -> None:
+    """Bulk-import articles from a CSV (title, body; optional id, section, tags, published_at).
 
     The file is checked whole before anything is written, and the good rows go in together
-    or not at all."""
+    or not at all. A rerun skips the rows it already imported (known by the file's id
+    column, or else by title and published_at)."""
     from services.publisher.importer import ImportFailed, import_file
 
     with _runtime() as runtime:
         try:
-            report = import_file(runtime.db, path, status=status, progress=_progress)
+            report = import_file(
+                runtime.db,
+                path,
+                status=status,
+                progress=_progress,
+                section_column=section_column,
+            )
         except ImportFailed as exc:
             raise click.ClickException(f"{path}: {exc}; nothing was imported") from None
     for problem in report.rejected:
         click.echo(f"line {problem.line}: {problem.reason}", err=True)
     click.echo(
-        f"imported {report.imported} articles, rejected {len(report.rejected)} rows",
+        f"imported {report.imported} articles, skipped {report.skipped} already imported,"
+        f" rejected {len(report.rejected)} rows",
         err=True,
     )
     click.echo(report.imported)

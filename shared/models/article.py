@@ -33,6 +33,7 @@ class ArticleStatus(StrEnum):
 
 
 PUBLISHED = "status = 'published'"
+IMPORTED = "import_key IS NOT NULL"
 # Stories an editor is still working on, or has pulled: few, and never on a public page.
 UNLISTED = (ArticleStatus.DRAFT, ArticleStatus.SCHEDULED, ArticleStatus.RETRACTED)
 IS_UNLISTED = " OR ".join(f"status = '{s.value}'" for s in UNLISTED)
@@ -83,6 +84,9 @@ class Article(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An imported story's key in its file (a digest of its id, or of its title and date):
+    # a rerun of the import skips what it already brought in.
+    import_key: Mapped[str | None] = mapped_column(String(64))
 
     # Each index that holds ``status`` takes a new entry whenever a story changes status,
     # and on PostgreSQL an archived story's new row version enters every index whose
@@ -108,6 +112,13 @@ class Article(Base):
         # publish-due. Published and archived stories are most of the table: the walk
         # above finds them quickly, and archiving a story writes no entry here.
         Index("ix_articles_unlisted", "status", "created_at", "id", **_where(IS_UNLISTED)),
+        # Imported stories by their key in the file; the API's own stories have none.
+        Index(
+            "ix_articles_import_key",
+            "import_key",
+            unique=True,
+            **_where(IMPORTED),
+        ),
         # The editors' text search (?q=).
         Index("ix_articles_search", text(SEARCH_DOCUMENT), postgresql_using="gin"),
     )
