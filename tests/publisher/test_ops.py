@@ -62,6 +62,7 @@ def test_metrics_are_prometheus_text(client, editor, ops_headers):
     response = client.get("/metrics", headers=ops_headers)
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
     text = response.get_data(as_text=True)
     assert 'pressroom_queue_depth{queue="archiver"} 1.0' in text
     assert "pressroom_outbox_pending 0.0" in text
