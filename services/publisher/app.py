@@ -9,6 +9,7 @@ from services.publisher import health, ops
 from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
 from services.publisher.pages import views as pages
+from services.publisher.security import register_security_headers
 from services.publisher.state import PublisherState
 from shared.celery import create_celery
 from shared.config import Settings
@@ -22,7 +23,7 @@ MAX_BODY = 1 << 20  # 1 MiB
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.secrets())
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the pages blueprint serves /static
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
         API_TITLE="Pressroom",
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     app.extensions["pressroom"] = PublisherState(settings, db, create_celery(settings, "publisher"))
 
     register_error_handlers(app)
+    register_security_headers(app)
     _register_domain_errors(app)
     app.before_request(_require_json_body)
     app.before_request(_limit_streamed_body)

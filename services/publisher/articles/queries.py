@@ -49,7 +49,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, float | None]:
         raise BadCursor(cursor) from None
 
 
-def _has_tag(tag: str) -> Any:
+def has_tag(tag: str) -> Any:
     return text("CAST(articles.tags AS jsonb) ? :tag").bindparams(tag=tag)
 
 
@@ -71,7 +71,7 @@ def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article]
     if args.get("section"):
         query = query.where(Article.section == args["section"])
     if args.get("tag"):
-        query = query.where(_has_tag(args["tag"]))
+        query = query.where(has_tag(args["tag"]))
     if args.get("q"):
         matches, rank = _search(args["q"])
         query = query.add_columns(rank).where(matches)
