@@ -299,20 +299,42 @@ def dlq_replay(consumer: str | None, ids: tuple[int, ...]) -> None:
     click.echo(f"replayed {count} dead letters")
 
 
+class IsoTime(click.ParamType):
+    """An ISO 8601 time, with or without seconds and offset (naive is UTC), e.g. as the API
+    prints it: 2026-11-26T09:00, 2026-11-26T09:00:00+00:00, 2026-11-26T09:00Z."""
+
+    name = "ISO-8601-time"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-26T09:00", param, ctx)
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 @main.group()
 def events() -> None:
     """The event log (the outbox)."""
 
 
 @events.command("replay")
-@click.option("--since", required=True, type=click.DateTime(), help="UTC, e.g. 2026-11-26T09:00")
+@click.option(
+    "--since",
+    required=True,
+    type=IsoTime(),
+    help="ISO 8601, e.g. 2026-11-26T09:00 (UTC) or 2026-11-26T09:00:00+01:00",
+)
 @click.option("--consumer", type=click.Choice(["archiver", "notifier"]))
 def events_replay(since: datetime, consumer: str | None) -> None:
     """Resend events since T that a consumer has not consumed (e.g. after Redis lost data)."""
     from shared import ops
     from shared.bus import CelerySender
 
-    since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
     then = "run it again once it is back; the ledgers skip what was already sent"
     with _runtime(broker=True) as runtime, _broker_answers(then):
         sent = ops.replay_events(runtime.db, CelerySender(runtime.celery), since, consumer)
@@ -328,22 +350,36 @@ def events_replay(since: datetime, consumer: str | None) -> None:
     default="published",
     help="Status of imported rows (published rows keep their published_at).",
 )
-def import_csv(path: Path, status: str) -> None:
-    """Bulk-import articles from a CSV (title, body; optional section, tags, published_at).
+@click.option(
+    "--section-column",
+    metavar="NAME",
+    default=None,
+    help="The column that holds the section, e.g. category (default: section).",
+)
+def import_csv(path: Path, status: str, section_column: str | None) -> None:
+    """Bulk-import articles from a CSV (title, body; optional id, section, tags, published_at).
 
     The file is checked whole before anything is written, and the good rows go in together
-    or not at all."""
+    or not at all. A rerun skips the rows it already imported (known by the file's id
+    column, or else by title and published_at)."""
     from services.publisher.importer import ImportFailed, import_file
 
     with _runtime() as runtime:
         try:
-            report = import_file(runtime.db, path, status=status, progress=_progress)
+            report = import_file(
+                runtime.db,
+                path,
+                status=status,
+                progress=_progress,
+                section_column=section_column,
+            )
         except ImportFailed as exc:
             raise click.ClickException(f"{path}: {exc}; nothing was imported") from None
     for problem in report.rejected:
         click.echo(f"line {problem.line}: {problem.reason}", err=True)
     click.echo(
-        f"imported {report.imported} articles, rejected {len(report.rejected)} rows",
+        f"imported {report.imported} articles, skipped {report.skipped} already imported,"
+        f" rejected {len(report.rejected)} rows",
         err=True,
     )
     click.echo(report.imported)

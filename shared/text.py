@@ -7,10 +7,12 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError, fields, validate
+from slugify import slugify
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+TAG_MAX = 100
 
 # What XML 1.0 cannot carry (so neither can an Atom feed): C0 controls other than tab, line
 # feed and carriage return, and the two non-characters. PostgreSQL refuses NUL as well.
@@ -56,6 +58,46 @@ class Text(fields.String):
             return storable(text)
         except ValueError as exc:
             raise ValidationError(f"Text {exc}.") from None
+
+
+def not_blank(value: str) -> None:
+    """A validator: text that is only spaces says nothing (a headline of spaces is no title)."""
+    if not value.strip():
+        raise ValidationError("Must not be blank.")
+
+
+def tag_form(text: str) -> str:
+    """A tag as it is stored and looked up: lowercase words joined by hyphens, so "X", "x"
+    and " x " are one tag and "North Korea" is ``north-korea``."""
+    return str(slugify(text, max_length=TAG_MAX))
+
+
+class Tag(Text):
+    """A tag of up to :data:`TAG_MAX` characters as given, kept in :func:`tag_form`."""
+
+    def __init__(self, **kwargs: Any):
+        # The length is checked on the text as given (the validator, there for the OpenAPI
+        # document, sees the tag form, which slugify may have cut).
+        super().__init__(validate=validate.Length(min=1, max=TAG_MAX), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        given = super()._deserialize(value, attr, data, **kwargs)
+        if len(given) > TAG_MAX:
+            raise ValidationError(f"Longer than maximum length {TAG_MAX}.")
+        tag = tag_form(given)
+        if not tag:
+            raise ValidationError("A tag needs a letter or a digit.")
+        return tag
+
+
+class Tags(fields.List):
+    """A list of tags, each in :func:`tag_form`, each once, in the order first given."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(Tag(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        return list(dict.fromkeys(super()._deserialize(value, attr, data, **kwargs)))
 
 
 class When(fields.AwareDateTime):

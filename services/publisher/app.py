@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Flask, request
-from werkzeug.exceptions import UnsupportedMediaType
+from flask import Flask, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from services.publisher import health, ops
 from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
 from services.publisher.pages import views as pages
+from services.publisher.security import register_security_headers
 from services.publisher.state import PublisherState
 from shared.celery import create_celery
 from shared.config import Settings
@@ -22,7 +23,7 @@ MAX_BODY = 1 << 20  # 1 MiB
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.secrets())
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the pages blueprint serves /static
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
         API_TITLE="Pressroom",
@@ -41,8 +42,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     app.extensions["pressroom"] = PublisherState(settings, db, create_celery(settings, "publisher"))
 
     register_error_handlers(app)
+    register_security_headers(app)
     _register_domain_errors(app)
     app.before_request(_require_json_body)
+    app.before_request(_limit_streamed_body)
 
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
@@ -62,6 +65,21 @@ def _require_json_body() -> None:
     )
     if has_body and not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
+
+
+def _limit_streamed_body() -> None:
+    """A chunked body over the limit is a 413, as one with a Content-Length is.
+
+    Werkzeug stops reading a stream without a length at ``MAX_CONTENT_LENGTH`` and hands
+    back what it read, so the JSON parser saw a cut-off body (400 malformed_json). The body
+    is read here, up to the limit, and one byte past it decides."""
+    if request.content_length is not None or request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def _register_domain_errors(app: Flask) -> None:

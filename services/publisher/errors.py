@@ -87,7 +87,8 @@ def from_http_exception(error: HTTPException) -> Response:
 def _drain_request_body() -> None:
     """Read what the client is still sending, so it receives our 413 instead of a reset."""
     stream = request.environ.get("wsgi.input")
-    remaining = min(request.content_length or 0, DRAIN_LIMIT)
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "")
+    remaining = DRAIN_LIMIT if chunked else min(request.content_length or 0, DRAIN_LIMIT)
     while stream is not None and remaining > 0:
         chunk = stream.read(min(remaining, 1 << 16))
         if not chunk:
@@ -123,16 +124,22 @@ class PressroomApi(Api):
 
 
 class JsonBodyParser(FlaskParser):
-    """webargs' parser, taking JSON nested deeper than Python's parser goes for malformed.
+    """webargs' parser, taking JSON that Python's parser gives up on for malformed.
 
-    ``json.loads`` raises RecursionError there (about a thousand ``[`` suffice), which
-    webargs does not expect, and the client got a 500 instead of a 400."""
+    ``json.loads`` raises RecursionError on JSON nested deeper than it goes (about a
+    thousand ``[`` suffice) and a bare ValueError on an integer of more than 4,300 digits
+    (``sys.get_int_max_str_digits``); webargs expects neither, and the client got a 500
+    instead of a 400."""
 
     def _raw_load_json(self, req: Any) -> Any:
         try:
             return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise
         except RecursionError:
             raise json.JSONDecodeError("nested too deeply", "<request body>", 0) from None
+        except ValueError as exc:
+            raise json.JSONDecodeError(str(exc), "<request body>", 0) from None
 
 
 class ApiBlueprint(Blueprint):

@@ -5,7 +5,9 @@ broken quote, no ``title`` and ``body`` columns, nothing in it) stops the import
 anything is written, naming the line. Rows are validated like API input, and each bad one
 is reported by the line its record starts on. The good rows then go in as one transaction,
 with one multi-row INSERT per table and chunk (articles, history, outbox): an import that
-fails part-way leaves nothing behind, so running it again never doubles a story. Each
+fails part-way leaves nothing behind. Each row has a key (the file's ``id`` column when it
+has one, else the title and ``published_at``), stored with its article: a row whose key is
+already there is skipped and counted, so running an import again never doubles a story. Each
 published row gets its ``article.published`` event (marked ``origin: import`` so the notifier
 does not mail subscribers about old stories).
 """
@@ -13,6 +15,7 @@ does not mail subscribers about old stories).
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -20,18 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
-from sqlalchemy import insert, select
+from marshmallow import Schema, ValidationError, pre_load, validate
+from sqlalchemy import insert, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from services.publisher.articles.schemas import SECTION
+from services.publisher.articles.schemas import BODY, SECTION, TITLE
 from shared import events
 from shared.bus import batched
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
 from shared.db import Database, analyze, new_id, utcnow
 from shared.events import make_envelope
 from shared.models import Article, ArticleHistory, OutboxEvent
-from shared.text import Text, When
+from shared.models.article import IMPORTED
+from shared.text import Tags, Text, When
 
 CHUNK = 1000
 HTML_TAG = re.compile(r"<[a-zA-Z][^>]*>")
@@ -48,16 +53,17 @@ class ImportRowSchema(Schema):
     class Meta:
         unknown = "exclude"
 
-    title = Text(required=True, validate=validate.Length(min=1, max=300))
-    body = Text(required=True, validate=validate.Length(min=1, max=500_000))
+    title = Text(required=True, validate=TITLE)
+    body = Text(required=True, validate=BODY)
     section = Text(load_default=None, allow_none=True, validate=SECTION)
-    tags = fields.List(Text(validate=validate.Length(min=1, max=100)), load_default=list)
+    tags = Tags(load_default=list, validate=validate.Length(max=50))
     published_at = When(load_default=None, allow_none=True)
+    id = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000))
 
     @pre_load
     def _from_csv(self, row: dict[str, Any], **_: object) -> dict[str, Any]:
         out = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-        for name in ("section", "published_at"):
+        for name in ("section", "published_at", "id"):
             if out.get(name) == "":
                 out[name] = None
         raw_tags = out.get("tags") or ""
@@ -74,7 +80,18 @@ class Rejected:
 @dataclass
 class ImportReport:
     imported: int = 0
+    skipped: int = 0  # rows imported before (by an earlier run, or higher up the file)
     rejected: list[Rejected] = field(default_factory=list)
+
+
+def import_key(row: dict[str, Any]) -> str:
+    """The row's key across runs: its ``id`` in the file, or its title and date as given."""
+    if row.get("id"):
+        raw = f"id\x1f{row['id']}"
+    else:
+        when = row["published_at"].isoformat() if row.get("published_at") else ""
+        raw = f"title\x1f{row['title']}\x1f{when}"
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 # Given the total size, returns a context manager with ``update(n)`` (click's progress bar).
@@ -96,8 +113,11 @@ def _decoded(path: Path, read: list[int]) -> Iterator[str]:
                 ) from None
 
 
-def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
+def _rows(
+    path: Path, section_column: str | None = None
+) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
     """(line the record starts on, bytes read so far, row or the reason it is malformed).
+    ``section_column``: the column that holds the section (e.g. ``category``).
 
     csv.reader hands back each blank line as an empty record, so the line a record starts
     on is always the line after the previous record (or blank line) ended.
@@ -107,11 +127,13 @@ def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
     try:
         header = [name.strip().lower() for name in next(reader, [])]
         missing = [name for name in REQUIRED if name not in header]
+        found = ", ".join(header) or "nothing"
         if not header or missing:
-            found = ", ".join(header) or "nothing"
             raise ImportFailed(
                 f"line 1: the header must name the columns title and body (found: {found})"
             )
+        if section_column is not None and section_column.lower() not in header:
+            raise ImportFailed(f"line 1: no column {section_column!r} (found: {found})")
         ended = reader.line_num
         for fields_ in reader:
             start, ended = ended + 1, reader.line_num
@@ -121,7 +143,10 @@ def _rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
                 extra = f"row: {len(fields_)} fields but the header has {len(header)}"
                 yield start, read[0], f"{extra} (a comma in an unquoted field?)"
                 continue
-            yield start, read[0], dict(zip(header, fields_, strict=False))
+            row = dict(zip(header, fields_, strict=False))
+            if section_column is not None:
+                row["section"] = row.get(section_column.lower(), "").lower()
+            yield start, read[0], row
     except csv.Error as exc:
         raise ImportFailed(f"line {reader.line_num}: not valid CSV: {exc}") from None
 
@@ -132,45 +157,59 @@ def _describe(error: ValidationError) -> str:
 
 
 def import_file(
-    db: Database, path: Path, *, status: str = "published", progress: Progress | None = None
+    db: Database,
+    path: Path,
+    *,
+    status: str = "published",
+    progress: Progress | None = None,
+    section_column: str | None = None,
 ) -> ImportReport:
     """Its events go out with the relay, now or when the stack next runs."""
-    report = _load(db, path, status, progress)
+    report = _load(db, path, status, progress, section_column)
     if report.imported:
         analyze(db, "articles", "article_history", "outbox")
     return report
 
 
-def _load(db: Database, path: Path, status: str, progress: Progress | None) -> ImportReport:
+def _load(
+    db: Database, path: Path, status: str, progress: Progress | None, section_column: str | None
+) -> ImportReport:
     report = ImportReport()
     schema = ImportRowSchema()
     with db.session() as session:
         taken = set(session.scalars(select(Article.slug)))
+        seen = set(session.scalars(select(Article.import_key).where(text(IMPORTED))))
     rows: list[dict[str, Any]] = []
     bar = progress(path.stat().st_size) if progress else None
     done = 0
     with bar if bar is not None else nullcontext():
-        for line, offset, raw in _rows(path):
+        for line, offset, raw in _rows(path, section_column):
             if isinstance(raw, str):
                 report.rejected.append(Rejected(line, raw))
             else:
                 try:
-                    rows.append(_article_row(schema.load(raw), status, taken))
+                    row = schema.load(raw)
                 except ValidationError as exc:
                     report.rejected.append(Rejected(line, _describe(exc)))
+                else:
+                    if (key := import_key(row)) in seen:
+                        report.skipped += 1
+                    else:
+                        seen.add(key)
+                        rows.append(_article_row(row, key, status, taken))
             if bar is not None:
                 bar.update(offset - done)
                 done = offset
-    if not rows and not report.rejected:
+    if not rows and not report.rejected and not report.skipped:
         raise ImportFailed("the file holds no rows to import")
     with db.transaction() as session:  # all of it or nothing
         for chunk in batched(rows, CHUNK):
-            _insert(session, list(chunk))
-    report.imported = len(rows)
+            report.imported += _insert(session, list(chunk))
+    report.skipped += len(rows) - report.imported
     return report
 
 
-def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str, Any]:
+def _article_row(row: dict[str, Any], key: str, status: str, taken: set[str]) -> dict[str, Any]:
     now = utcnow()
     body = row["body"]
     body = sanitise_html(body) if HTML_TAG.search(body) else paragraphs_to_html(body)
@@ -199,10 +238,25 @@ def _article_row(row: dict[str, Any], status: str, taken: set[str]) -> dict[str,
         "version": 1,
         "created_at": now,
         "updated_at": now,
+        "import_key": key,
     }
 
 
-def _insert(session: Session, batch: list[dict[str, Any]]) -> None:
+# A row another import brought in meanwhile (by the same key) is skipped, not doubled.
+_INSERT_NEW = (
+    postgresql.insert(Article)
+    .on_conflict_do_nothing(index_elements=[Article.import_key], index_where=text(IMPORTED))
+    .returning(Article.id)
+)
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert the articles not already there, with their history and events; returns how
+    many went in."""
+    inserted = set(session.scalars(_INSERT_NEW, rows))
+    batch = [a for a in rows if a["id"] in inserted]
+    if not batch:
+        return 0
     history = [
         {
             "article_id": a["id"],
@@ -230,7 +284,7 @@ def _insert(session: Session, batch: list[dict[str, Any]]) -> None:
                 "attempts": 0,
             }
         )
-    session.execute(insert(Article), batch)
     session.execute(insert(ArticleHistory), history)
     if outbox:
         session.execute(insert(OutboxEvent), outbox)
+    return len(batch)

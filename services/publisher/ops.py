@@ -83,4 +83,6 @@ _registry.register(SnapshotCollector())
 @blp.get("/metrics")
 @require_role("ops")
 def metrics() -> Response:
-    return Response(generate_latest(_registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: the constant carries its charset already, and Flask would add
+    # another (Prometheus refuses "mime: duplicate parameter name").
+    return Response(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)

@@ -33,9 +33,21 @@ class ArticleStatus(StrEnum):
 
 
 PUBLISHED = "status = 'published'"
+IMPORTED = "import_key IS NOT NULL"
 # Stories an editor is still working on, or has pulled: few, and never on a public page.
 UNLISTED = (ArticleStatus.DRAFT, ArticleStatus.SCHEDULED, ArticleStatus.RETRACTED)
 IS_UNLISTED = " OR ".join(f"status = '{s.value}'" for s in UNLISTED)
+
+
+# What full-text search looks in: the headline weighs most, then the summary, then the body
+# (HTML: the parser reads its tags as tags, which no dictionary indexes). The index and the
+# queries spell it the same, so the planner matches them; 'english' needs no extension.
+# Spelt as PostgreSQL spells it back, so comparing the schema with the models finds it same.
+SEARCH_DOCUMENT = (
+    "((setweight(to_tsvector('english'::regconfig, title::text), 'A'::\"char\")"
+    " || setweight(to_tsvector('english'::regconfig, summary), 'B'::\"char\"))"
+    " || setweight(to_tsvector('english'::regconfig, body), 'D'::\"char\"))"
+)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -72,6 +84,9 @@ class Article(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An imported story's key in its file (a digest of its id, or of its title and date):
+    # a rerun of the import skips what it already brought in.
+    import_key: Mapped[str | None] = mapped_column(String(64))
 
     # Each index that holds ``status`` takes a new entry whenever a story changes status,
     # and on PostgreSQL an archived story's new row version enters every index whose
@@ -97,6 +112,15 @@ class Article(Base):
         # publish-due. Published and archived stories are most of the table: the walk
         # above finds them quickly, and archiving a story writes no entry here.
         Index("ix_articles_unlisted", "status", "created_at", "id", **_where(IS_UNLISTED)),
+        # Imported stories by their key in the file; the API's own stories have none.
+        Index(
+            "ix_articles_import_key",
+            "import_key",
+            unique=True,
+            **_where(IMPORTED),
+        ),
+        # The editors' text search (?q=).
+        Index("ix_articles_search", text(SEARCH_DOCUMENT), postgresql_using="gin"),
     )
 
     def snapshot(self) -> dict[str, Any]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select, text
+
+from services.publisher.articles.queries import _search
 from shared.content import SLUG_PROBE
+from shared.models import Article
 from tests.publisher.helpers import article, relayed
 
 
@@ -81,6 +85,15 @@ def test_future_publish_at_schedules_the_article(client, editor):
     assert client.get(f"/api/v1/articles/{created['id']}/events", headers=editor).json == {
         "items": []
     }
+
+
+def test_tags_are_kept_in_one_form_each_once(client, editor):
+    created = create(client, editor, tags=["x", "x", "X", " North Korea ", "north-korea"])
+    assert created["tags"] == ["x", "north-korea"]
+    other = create(client, editor, title="Other", tags=["y"])
+    listed = client.get("/api/v1/articles?tag=North%20Korea", headers=editor).json["items"]
+    assert [a["id"] for a in listed] == [created["id"]]
+    assert other["id"] not in [a["id"] for a in listed]
 
 
 def test_back_catalogue_keeps_its_published_at(client, editor):
@@ -230,3 +243,58 @@ def test_openapi_document_lists_the_articles_paths(client):
     assert "/api/v1/articles" in doc["paths"]
     assert "/api/v1/articles/{article_id}/events" in doc["paths"]
     assert client.get("/api/v1/docs").status_code == 200
+
+
+def titles(client, editor, query: str) -> list[str]:  # type: ignore[no-untyped-def]
+    response = client.get(f"/api/v1/articles?{query}", headers=editor)
+    assert response.status_code == 200, response.json
+    return [a["title"] for a in response.json["items"]]
+
+
+def test_search_wildcards_are_no_patterns(client, editor):
+    create(client, editor, title="Markets rally")
+    create(client, editor, title="100% turnout_rate")
+    for q in ("%25", "_", "%25%25", "the"):
+        assert titles(client, editor, f"q={q}") == []
+
+
+def test_search_reads_the_body_and_ranks_the_headline_first(client, editor):
+    create(client, editor, title="Weather today", body="<p>Floods closed the rail line.</p>")
+    create(client, editor, title="Floods close the rail line", body="<p>Trains stopped.</p>")
+    create(client, editor, title="Budget", body="<p>Nothing about water.</p>")
+    assert titles(client, editor, "q=flooding") == ["Floods close the rail line", "Weather today"]
+    assert titles(client, editor, "q=%22rail%20line%22%20-weather") == [
+        "Floods close the rail line"
+    ]
+
+
+def test_search_pages_with_a_cursor_in_rank_order(client, editor):
+    for n in range(5):
+        create(client, editor, title=f"Floods {n}" if n % 2 else f"Story {n}",
+               body=f"<p>Floods{' floods' * n}.</p>")  # fmt: skip
+    whole = titles(client, editor, "q=floods&limit=100")
+    seen, cursor = [], None
+    while True:
+        url = "/api/v1/articles?q=floods&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(url, headers=editor).json
+        seen += [a["title"] for a in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == whole and len(whole) == 5
+    assert set(whole[:2]) == {"Floods 1", "Floods 3"}  # the headline matches rank first
+    listing = client.get("/api/v1/articles?limit=2", headers=editor).json["next_cursor"]
+    response = client.get(f"/api/v1/articles?q=floods&cursor={listing}", headers=editor)
+    assert response.status_code == 422
+
+
+def test_search_is_served_by_its_index(database):
+    matches, _ = _search("floods")
+    statement = (
+        select(Article.id)
+        .where(matches)
+        .compile(database.engine, compile_kwargs={"literal_binds": True})
+    )
+    with database.transaction() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(session.scalars(text(f"EXPLAIN {statement}")))
+    assert "ix_articles_search" in plan

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text, update
@@ -205,3 +208,101 @@ def test_unsupported_method_is_405_with_allow(client, editor):
     response = client.delete("/api/v1/articles", headers=editor)
     assert_error(response, 405)
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_json_with_an_integer_too_long_to_convert_is_400(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    huge = b'{"title": "x", "body": "y", "version": ' + b"9" * 5000 + b"}"
+    headers = {**editor, "Content-Type": "application/json"}
+    assert_error(client.post("/api/v1/articles", data=huge, headers=headers), 400, "malformed_json")
+    response = client.patch(f"/api/v1/articles/{created['id']}", data=huge, headers=headers)
+    assert_error(response, 400, "malformed_json")
+    publish = client.post(f"/api/v1/articles/{created['id']}/publish", data=huge, headers=headers)
+    assert_error(publish, 400, "malformed_json")
+    assert row_counts(database) == before
+
+
+@pytest.mark.parametrize(
+    "bad", [{"slug": "nl-twin\n"}, {"section": "news\n"}, {"slug": "\nnl-twin"}]
+)
+def test_a_trailing_or_leading_newline_is_no_slug_or_section(client, editor, unchanged, bad):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_a_section_with_a_newline_in_the_url_is_404_not_500(client, editor):
+    assert client.get("/sections/zzz%0A/feed.xml").status_code == 404
+    assert_error(client.get("/api/v1/articles?section=news%0A", headers=editor), 422)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"title": "   "}, {"title": "\t\n"}, {"body": ""}, {"body": "  \n "}, {"tags": ["!!"]}]
+)
+def test_blank_title_or_body_and_empty_tags_are_422(client, editor, unchanged, bad):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    assert set(assert_error(response, 422)["details"]) == set(bad)
+
+
+def test_blank_title_on_update_is_422(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    response = client.patch(
+        f"/api/v1/articles/{created['id']}", json={"title": " "}, headers=editor
+    )
+    assert "title" in assert_error(response, 422)["details"]
+    assert row_counts(database) == before
+
+
+def _in(**delta: float) -> str:
+    return (utcnow() + timedelta(**delta)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "says"),
+    [
+        ({"status": "draft", "publish_at": _in(days=30)}, "status", "a draft has no publish_at"),
+        ({"publish_at": _in(days=-3)}, "publish_at", "publish_at is in the past"),
+        ({"status": "published", "published_at": _in(days=3)}, "published_at", "future"),
+    ],
+)
+def test_times_that_contradict_the_status_are_422_saying_why(
+    client, editor, unchanged, bad, field, says
+):
+    response = client.post("/api/v1/articles", json=article(**bad), headers=editor)
+    details = assert_error(response, 422)["details"]
+    assert set(details) == {field}
+    assert says in " ".join(details[field])
+
+
+def test_a_past_publish_at_on_update_is_422(client, editor, database):
+    created = client.post("/api/v1/articles", json=article(publish_at=_in(days=1)), headers=editor)
+    assert created.json["status"] == "scheduled"
+    before = row_counts(database)
+    response = client.patch(
+        f"/api/v1/articles/{created.json['id']}", json={"publish_at": _in(days=-2)}, headers=editor
+    )
+    assert "publish_at" in assert_error(response, 422)["details"]
+    assert row_counts(database) == before
+
+
+def test_a_chunked_body_over_one_mebibyte_is_413_too(client, editor, unchanged):
+    big = b'{"title": "' + b"a" * (2 << 20) + b'"}'
+    response = client.post(
+        "/api/v1/articles",
+        input_stream=io.BytesIO(big),
+        headers={**editor, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert_error(response, 413)
+
+
+def test_a_chunked_body_under_the_limit_is_read_whole(client, editor):
+    body = json.dumps(article(body="<p>" + "b" * 490_000 + "</p>", summary="s" * 2000)).encode()
+    response = client.post(
+        "/api/v1/articles",
+        input_stream=io.BytesIO(body),
+        headers={**editor, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 201, response.json

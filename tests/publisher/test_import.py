@@ -127,3 +127,63 @@ def test_a_file_that_is_no_import_fails_with_a_message(tmp_path, settings, conte
     result = run_import(settings, path)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def run_import_with(settings, path, *options):  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "import", str(path), *options],
+        cwd=ROOT,
+        env=process_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_rerun_skips_what_it_imported_by_title_and_date(tmp_path, settings, database):
+    path = tmp_path / "stories.csv"
+    write_csv(
+        path,
+        [
+            ["title", "body", "published_at"],
+            ["Markets rally", "Body one", "2005-01-03T10:00:00Z"],
+            ["Markets rally", "Another day's rally", "2005-01-04T10:00:00Z"],
+            ["Undated story", "Body", ""],
+        ],
+    )
+    first = run_import(settings, path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "3"
+    with open(path, "a", newline="") as fh:
+        csv.writer(fh).writerow(["A new story", "Body", ""])
+    again = run_import(settings, path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "1"
+    assert "imported 1 articles, skipped 3 already imported, rejected 0 rows" in again.stderr
+    assert article_count(database) == 4
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 4
+
+
+def test_a_rerun_knows_rows_by_the_files_id_column(tmp_path, settings, database):
+    path = tmp_path / "stories.csv"
+    write_csv(path, [["id", "title", "body"], ["a-1", "First", "Body"], ["a-2", "Second", "B"]])
+    assert run_import(settings, path).stdout.strip() == "2"
+    # corrected titles, same ids: still the same stories
+    write_csv(path, [["id", "title", "body"], ["a-1", "First!", "Body"], ["a-2", "Second", "B"]])
+    again = run_import(settings, path)
+    assert again.stdout.strip() == "0", again.stderr
+    assert "skipped 2 already imported" in again.stderr
+    assert article_count(database) == 2
+
+
+def test_the_section_can_come_from_a_column_of_another_name(tmp_path, settings, database):
+    path = tmp_path / "bbc.csv"
+    write_csv(path, [["id", "category", "title", "body"], ["b/1", "Business", "Sales up", "B"]])
+    result = run_import_with(settings, path, "--section-column", "category")
+    assert result.returncode == 0, result.stderr
+    with database.session() as session:
+        assert session.scalars(select(Article.section)).all() == ["business"]
+    missing = run_import_with(settings, path, "--section-column", "desk")
+    assert missing.returncode == 1
+    assert "no column 'desk'" in missing.stderr and "Traceback" not in missing.stderr

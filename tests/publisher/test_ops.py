@@ -62,6 +62,7 @@ def test_metrics_are_prometheus_text(client, editor, ops_headers):
     response = client.get("/metrics", headers=ops_headers)
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
     text = response.get_data(as_text=True)
     assert 'pressroom_queue_depth{queue="archiver"} 1.0' in text
     assert "pressroom_outbox_pending 0.0" in text
@@ -202,3 +203,42 @@ def test_cli_says_the_broker_is_down_in_a_line_and_fails(make_settings, database
     with database.session() as session:
         [letter] = session.scalars(select(DeadLetter)).all()
     assert letter.replayed_at is None  # still there to replay
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "{minute}",  # the --help example's form: no seconds, no offset (UTC)
+        "{second}+00:00",  # as the API prints times
+        "{second}Z",
+        "{local}+02:00",
+    ],
+)
+def test_events_replay_takes_iso_times_with_or_without_offset(
+    client, editor, settings, redis_url, since
+):
+    then = datetime.now(UTC) - timedelta(minutes=2)
+    forms = {
+        "minute": then.strftime("%Y-%m-%dT%H:%M"),
+        "second": then.strftime("%Y-%m-%dT%H:%M:%S"),
+        "local": (then + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
+    redis.Redis.from_url(redis_url).flushdb()
+    args = ["events", "replay", "--since", since.format(**forms)]
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "archiver: resent 1 events" in result.stdout
+
+
+def test_events_replay_names_a_time_it_cannot_read(settings):
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "events", "replay", "--since", "last tuesday"],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "is not an ISO 8601 time, e.g. 2026-11-26T09:00" in result.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import feedparser
 import pytest
 from sqlalchemy import update
@@ -50,7 +53,7 @@ def test_archived_page_shows_the_banner_linking_home(client, editor, publish):
     client.post(f"/api/v1/articles/{story['id']}/archive", headers=editor)
     html = page(client, story["slug"]).get_data(as_text=True)
     assert BANNER in html
-    assert '<a href="http://pressroom.test/">http://pressroom.test</a>' in html
+    assert '<a href="http://pressroom.test/">Pressroom</a>' in html  # the site's name
     assert html.index(BANNER) < html.index("<h1>")
 
 
@@ -186,3 +189,121 @@ def test_feed_holds_the_newest_fifty(client, publish):
     assert len(feed.entries) == 50
     assert feed.entries[0].title == "Story 54"
     assert feed.entries[-1].title == "Story 5"
+
+
+def test_a_watch_story_says_watch_once(client, publish):
+    story = publish(title="Watch: Kim drives Putin", media="https://cdn.test/drive.mp4")
+    html = page(client, story["slug"]).get_data(as_text=True)
+    assert "<figcaption>Watch: Kim drives Putin</figcaption>" in html
+    other = publish(title="Kim drives Putin", media="https://cdn.test/drive.mp4")
+    assert "<figcaption>Watch: Kim drives Putin</figcaption>" in page(client, other["slug"]).text
+
+
+def test_times_on_pages_carry_no_microseconds(client, publish):
+    story = publish(published_at="2026-01-02T03:04:05.678901+01:00")
+    for html in (page(client, story["slug"]).text, client.get("/").text):
+        assert '<time datetime="2026-01-02T02:04:05Z">' in html
+        assert not re.search(r'datetime="[^"]*\.\d', html)
+
+
+def test_the_sanitiser_leaves_no_link_without_href_nor_image_without_alt(client, publish):
+    story = publish(
+        body='<p><a href="javascript:evil()">go <b>on</b></a> <img src="https://cdn.test/a.png">'
+        ' <img src="https://cdn.test/b.png" alt="A chart"></p>'
+    )
+    assert story["body"] == (
+        '<p>go <b>on</b> <img alt="" src="https://cdn.test/a.png">'
+        ' <img src="https://cdn.test/b.png" alt="A chart"></p>'
+    )
+
+
+def test_the_feed_names_itself_from_the_public_address_not_the_request(client, publish):
+    publish(section="news")
+    for path, own in [
+        ("/feed.xml", "/feed.xml"),
+        ("/sections/news/feed.xml", "/sections/news/feed.xml"),
+    ]:
+        response = client.get(f"{path}?utm=x", headers={"Host": "evil.example"})
+        feed = feedparser.parse(response.data)
+        assert feed.feed.id == f"http://pressroom.test{own}"
+        assert {link.href for link in feed.feed.links if link.rel == "self"} == {
+            f"http://pressroom.test{own}"
+        }
+
+
+@pytest.mark.parametrize("path", ["/", "/articles/nothing-here", "/feed.xml", "/healthz"])
+def test_every_response_carries_security_headers(client, path):
+    response = client.get(path)
+    policy = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+
+
+def test_pages_satisfy_their_policy(client, publish):
+    story = publish(media="https://cdn.test/drive.mp4")
+    html = page(client, story["slug"]).text
+    assert "<style" not in html and " style=" not in html
+    scripts = re.findall(r"<script([^>]*)>", html)
+    assert scripts == [' type="application/ld+json"']  # data, never run
+    assert client.get("/static/site.css").status_code == 200
+
+
+def test_a_story_carries_news_metadata(client, publish):
+    story = publish(
+        title="Kim </script> drives", published_at="2026-01-02T03:04:05Z", tags=["russia"]
+    )
+    html = page(client, story["slug"]).text
+    assert '<meta property="article:published_time" content="2026-01-02T03:04:05Z">' in html
+    assert '<meta property="og:site_name" content="Pressroom">' in html
+    assert '<meta property="article:tag" content="russia">' in html
+    block = re.search(r'<script type="application/ld\+json">(.*?)</script>', html, re.S)
+    data = json.loads(block[1])
+    assert data["@type"] == "NewsArticle"
+    assert data["headline"] == "Kim </script> drives"
+    assert data["datePublished"] == "2026-01-02T03:04:05Z"
+
+
+def test_a_section_has_a_page_linked_from_its_stories(client, publish):
+    for n in range(25):
+        publish(title=f"World {n}", section="world", published_at=f"2026-01-01T00:{n:02d}:00Z")
+    publish(title="Sport story", section="sport")
+    story = client.get("/articles/world-3").text
+    assert '<a href="/sections/world">world</a>' in story
+    first = client.get("/sections/world")
+    assert first.status_code == 200
+    html = first.text
+    assert "World 24" in html and "World 5" in html and "World 4" not in html
+    assert html.index("World 24") < html.index("World 23")
+    assert "Sport story" not in html
+    assert (
+        'type="application/atom+xml" title="Pressroom: World" href="/sections/world/feed.xml"'
+        in html
+    )
+    assert '<a rel="next" href="/sections/world?page=2">' in html
+    second = client.get("/sections/world?page=2").text
+    assert "World 4" in second and "World 0" in second and "World 5" not in second
+    assert '<a rel="prev" href="/sections/world">' in second
+    assert client.get("/sections/world?page=3").status_code == 404
+    assert client.get("/sections/world?page=x").status_code == 404
+    assert client.get("/sections/Bad!").status_code == 404
+
+
+def test_the_front_page_is_paginated(client, publish):
+    for n in range(21):
+        publish(title=f"Story {n}", published_at=f"2026-01-01T00:{n:02d}:00Z")
+    assert "Story 0" not in client.get("/").text
+    assert '<a rel="next" href="/?page=2">' in client.get("/").text
+    assert "Story 0" in client.get("/?page=2").text
+
+
+def test_tags_are_shown_and_have_pages(client, publish):
+    story = publish(title="Tagged story", tags=["North Korea"])
+    publish(title="Other story", tags=["sport"])
+    html = page(client, story["slug"]).text
+    assert '<a rel="tag" href="/tags/north-korea">north-korea</a>' in html
+    tagged = client.get("/tags/north-korea")
+    assert tagged.status_code == 200
+    assert "Tagged story" in tagged.text and "Other story" not in tagged.text
+    assert client.get("/tags/North Korea").status_code == 404

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.publisher.state import state
 from shared.content import SECTION_PATTERN, SLUG_LIMIT, SLUG_PATTERN
+from shared.db import utcnow
 from shared.models.article import MEDIA_MAX
-from shared.text import Flag, Text, When
+from shared.text import Flag, Tag, Tags, Text, When, not_blank
 
 SLUG = validate.Regexp(SLUG_PATTERN, error="lowercase words joined by hyphens")
 SECTION = validate.Regexp(SECTION_PATTERN, error="a lowercase section name")
+TITLE: list[Callable[[Any], Any]] = [validate.Length(min=1, max=300), not_blank]
+BODY: list[Callable[[Any], Any]] = [validate.Length(min=1, max=500_000), not_blank]
+# How far an editor's clock may be off ours before a time "now" reads as past or future.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def _names(max_items: int) -> fields.List:
@@ -23,12 +32,12 @@ def _names(max_items: int) -> fields.List:
 class ArticleWriteSchema(Schema):
     """Fields an editor may set on create and on update."""
 
-    title = Text(validate=validate.Length(min=1, max=300))
+    title = Text(validate=TITLE)
     slug = Text(validate=[validate.Length(min=1, max=SLUG_LIMIT), SLUG])
     summary = Text(validate=validate.Length(max=2000))
-    body = Text(validate=validate.Length(max=500_000))
+    body = Text(validate=BODY)
     section = Text(allow_none=True, validate=SECTION)
-    tags = _names(50)
+    tags = Tags(validate=validate.Length(max=50))
     authors = _names(20)
     media = fields.Url(
         allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=MEDIA_MAX)
@@ -38,13 +47,29 @@ class ArticleWriteSchema(Schema):
     archive_after = When(allow_none=True)
     evergreen = Flag()
 
+    @validates_schema
+    def _times_make_sense(self, data: dict, **_: object) -> None:
+        now = utcnow()
+        if data.get("publish_at") and data["publish_at"] < now - CLOCK_SKEW:
+            raise ValidationError(
+                "publish_at is in the past: give a future time to schedule, or status"
+                " published to publish now (published_at keeps a back catalogue's date)",
+                "publish_at",
+            )
+        if data.get("published_at") and data["published_at"] > now + CLOCK_SKEW:
+            raise ValidationError(
+                "published_at is in the future, which would pin the story to the top of"
+                " every listing until then: give publish_at to schedule it",
+                "published_at",
+            )
+
 
 class ArticleCreateSchema(ArticleWriteSchema):
-    title = Text(required=True, validate=validate.Length(min=1, max=300))
-    body = Text(required=True, validate=validate.Length(max=500_000))
-    status = Text(
-        load_default="draft", validate=validate.OneOf(["draft", "scheduled", "published"])
-    )
+    title = Text(required=True, validate=TITLE)
+    body = Text(required=True, validate=BODY)
+    # No default: a draft given publish_at is a contradiction, where publish_at alone
+    # schedules the article.
+    status = Text(validate=validate.OneOf(["draft", "scheduled", "published"]))
 
     @validates_schema
     def _status_matches_schedule(self, data: dict, **_: object) -> None:
@@ -52,6 +77,11 @@ class ArticleCreateSchema(ArticleWriteSchema):
             raise ValidationError("a scheduled article needs publish_at", "publish_at")
         if data.get("status") == "published" and data.get("publish_at"):
             raise ValidationError("give publish_at to schedule, or status published", "status")
+        if data.get("status") == "draft" and data.get("publish_at"):
+            raise ValidationError(
+                "a draft has no publish_at: send status scheduled (or no status) to schedule",
+                "status",
+            )
 
 
 class ArticleUpdateSchema(ArticleWriteSchema):
@@ -68,7 +98,7 @@ class ArticleQueryArgsSchema(Schema):
         validate=validate.OneOf(["draft", "scheduled", "published", "archived", "retracted"])
     )
     section = Text(validate=SECTION)
-    tag = Text(validate=validate.Length(min=1, max=100))
+    tag = Tag()
     q = Text(validate=validate.Length(min=1, max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = Text(validate=validate.Length(max=200))

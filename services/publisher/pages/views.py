@@ -1,36 +1,90 @@
-"""Reader pages: the article (with the archived banner), the front page, and the Atom feeds."""
+"""Reader pages: the article (with the archived banner), the front page, section and tag
+pages, and the Atom feeds."""
 
 from __future__ import annotations
 
 import hashlib
 import html
 import re
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, abort, render_template, request
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from services.publisher.articles.queries import has_tag
 from services.publisher.pages import feeds
 from services.publisher.state import state
 from shared.content import SECTION_PATTERN, could_be_slug, sanitise_html
 from shared.models import Article, has_status
 from shared.models import ArticleStatus as S
+from shared.text import tag_form
 
-blp = Blueprint("pages", __name__, template_folder="templates")
+blp = Blueprint(
+    "pages",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 CACHE_SECONDS = 60
+PAGE_SIZE = 20
+PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,3}")  # ?page=1..9999; anything else is no page
 VIDEO = re.compile(r"\.(mp4|webm|ogv|m3u8)(\?|$)", re.IGNORECASE)
 TAGS = re.compile(r"<[^>]+>")
 
 
-def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
+def _latest(
+    section: str | None = None,
+    tag: str | None = None,
+    limit: int = feeds.FEED_SIZE,
+    offset: int = 0,
+) -> list[Article]:
     query = select(Article).where(has_status(S.PUBLISHED))
     if section is not None:
         query = query.where(Article.section == section)
-    query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
+    if tag is not None:
+        query = query.where(has_tag(tag))
+    query = query.order_by(Article.published_at.desc(), Article.id.desc())
     with state().db.session() as session:
-        return list(session.scalars(query))
+        return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+@blp.app_template_filter("html_time")
+def html_time(when: datetime) -> str:
+    """A ``<time datetime>`` value: UTC to the second (HTML allows no microseconds)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _page_number() -> int:
+    page = request.args.get("page", "1")
+    if not PAGE_NUMBER.fullmatch(page):
+        abort(404)
+    return int(page)
+
+
+def _listing(kind: str, heading: str, *, section: str | None = None, tag: str | None = None,
+             feed: str | None = None) -> BaseResponse:  # fmt: skip
+    """A page of the newest published stories (front, section or tag), with links to the
+    pages before and after it."""
+    page = _page_number()
+    found = _latest(section, tag, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+    articles = found[:PAGE_SIZE]
+    if page > 1 and not articles:
+        abort(404)
+    html_page = render_template(
+        "front.html",
+        articles=articles,
+        heading=heading,
+        feed=feed,
+        page=page,
+        has_next=len(found) > PAGE_SIZE,
+        path=request.path,
+        base=state().settings.public_base_url,
+    )
+    return _cacheable(Response(html_page), _listing_etag(f"{kind}-{page}", articles))
 
 
 def _listing_etag(kind: str, articles: list[Article]) -> str:
@@ -55,11 +109,46 @@ def description(article: Article, length: int = 160) -> str:
     return text if len(text) <= length else text[: length - 1].rsplit(" ", 1)[0] + "…"
 
 
+def news_article(article: Article, base: str) -> dict[str, object]:
+    """schema.org NewsArticle, for search engines and news readers (JSON-LD, data only)."""
+    data: dict[str, object] = {
+        "@context": "https://schema.org",
+        "@type": "NewsArticle",
+        "headline": article.title,
+        "url": f"{base}/articles/{article.slug}",
+        "dateModified": html_time(article.updated_at),
+        "author": [{"@type": "Person", "name": name} for name in article.authors or []],
+        "publisher": {"@type": "Organization", "name": "Pressroom", "url": f"{base}/"},
+    }
+    if article.published_at is not None:
+        data["datePublished"] = html_time(article.published_at)
+    if article.section:
+        data["articleSection"] = article.section
+    if article.tags:
+        data["keywords"] = list(article.tags)
+    if article.media:
+        data["video" if VIDEO.search(article.media) else "image"] = article.media
+    return data
+
+
 @blp.get("/")
 def front_page() -> BaseResponse:
-    articles = _latest(limit=20)
-    page = render_template("front.html", articles=articles, base=state().settings.public_base_url)
-    return _cacheable(Response(page), _listing_etag("front", articles))
+    return _listing("front", "Latest news")
+
+
+@blp.get("/sections/<section>")
+def section_page(section: str) -> BaseResponse:
+    if not SECTION_PATTERN.fullmatch(section):
+        abort(404)
+    feed = f"/sections/{section}/feed.xml"
+    return _listing(f"section-{section}", section.capitalize(), section=section, feed=feed)
+
+
+@blp.get("/tags/<tag>")
+def tag_page(tag: str) -> BaseResponse:
+    if len(tag) > 100 or tag_form(tag) != tag:
+        abort(404)
+    return _listing(f"tag-{tag}", f"Stories tagged {tag}", tag=tag)
 
 
 @blp.get("/articles/<slug>")
@@ -80,6 +169,7 @@ def article_page(slug: str) -> BaseResponse:
         description=description(article),
         base=state().settings.public_base_url,
         is_video=bool(article.media and VIDEO.search(article.media)),
+        json_ld=news_article(article, state().settings.public_base_url),
         related=[],
     )
     return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}")
@@ -92,14 +182,18 @@ def site_feed() -> BaseResponse:
 
 @blp.get("/sections/<section>/feed.xml")
 def section_feed(section: str) -> BaseResponse:
-    if not SECTION_PATTERN.match(section):
+    if not SECTION_PATTERN.fullmatch(section):
         abort(404)
     return _feed(section)
 
 
 def _feed(section: str | None) -> BaseResponse:
     articles = _latest(section)
-    xml = feeds.atom(articles, state().settings.public_base_url, section, request.url)
+    base = state().settings.public_base_url
+    # Atom ids are permanent (RFC 4287 4.2.6): from the configured address, never the
+    # request's Host header or query string.
+    self_url = f"{base}/sections/{section}/feed.xml" if section else f"{base}/feed.xml"
+    xml = feeds.atom(articles, base, section, self_url)
     response = Response(xml, mimetype="application/atom+xml")
     return _cacheable(response, _listing_etag(f"feed-{section or ''}", articles))
 
