@@ -1,5 +1,5 @@
-# One image for every Pressroom service: the publisher (gunicorn), both workers, beat and the
-# one-shot migration. docker-compose.yml picks the process with `command:`.
+# One image for every Pressroom service: the publisher (gunicorn), the relay, both workers, beat
+# and the one-shot migration. docker-compose.yml picks the process with `command:`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,8 +12,9 @@ RUN groupadd --system --gid 10001 pressroom \
  && useradd --system --uid 10001 --gid pressroom --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin pressroom
 
-# Pinned dependencies first, in their own layer: a code change does not reinstall them.
-COPY requirements.lock /tmp/requirements.lock
+# Pinned runtime dependencies first (no test or lint tools), in their own layer: a code
+# change does not reinstall them.
+COPY requirements-runtime.lock /tmp/requirements.lock
 RUN pip install -r /tmp/requirements.lock && rm /tmp/requirements.lock
 
 # The project itself, as a regular (non-editable) install; the source is not kept, so every

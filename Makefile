@@ -31,11 +31,14 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/publish.py
 
-# Re-pin every dependency after editing pyproject.toml.
+# Re-pin every dependency after editing pyproject.toml: requirements.lock for development
+# (dev tools included), requirements-runtime.lock for the image (runtime dependencies only).
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet pip-tools
 	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-find-links \
 		--no-emit-index-url -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --no-emit-find-links \
+		--no-emit-index-url -o requirements-runtime.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) var tests/artifacts .pytest_cache .mypy_cache .ruff_cache
