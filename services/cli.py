@@ -272,17 +272,31 @@ def dlq_list(consumer: str | None, show_all: bool) -> None:
     if consumer:
         query = query.where(DeadLetter.consumer == consumer)
     if not show_all:
-        query = query.where(DeadLetter.replayed_at.is_(None))
+        query = query.where(DeadLetter.open())
     with _runtime() as runtime, runtime.db.session() as session:
         letters = list(session.scalars(query))
     if not letters:
         click.echo("no dead letters", err=True)
     for letter in letters:
         replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
+        if letter.discarded_at:
+            replayed += f" discarded by {letter.discarded_by}: {letter.discard_reason}"
         click.echo(
             f"#{letter.id} {letter.created_at:%Y-%m-%d %H:%M:%S} {letter.consumer} "
             f"event={letter.event_id or '-'}{replayed}\n    {letter.reason}"
         )
+
+
+@dlq.command("discard")
+@click.option("--id", "ids", type=int, multiple=True, required=True, help="Repeatable.")
+@click.option("--reason", required=True, help="Why it can never succeed, for the audit.")
+def dlq_discard(ids: tuple[int, ...], reason: str) -> None:
+    """Close dead letters that can never succeed: kept, with who and why, no longer counted."""
+    from shared import ops
+
+    with _runtime() as runtime:
+        count = ops.discard_dead_letters(runtime.db, list(ids), f"cli:{_whoami()}", reason)
+    click.echo(f"discarded {count} dead letters")
 
 
 @dlq.command("replay")

@@ -194,7 +194,7 @@ class Consumer:
         with self.db.transaction() as session:
             kept = session.scalar(
                 select(DeadLetter.id).where(
-                    DeadLetter.consumer == self.name, DeadLetter.replayed_at.is_(None), same
+                    DeadLetter.consumer == self.name, DeadLetter.open(), same
                 )
             )
             if kept is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from shared.events import envelope_of, envelopes_in
 from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
 
 # kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
+log = logging.getLogger(__name__)
 UNACKED_INDEX = "unacked_index"
 
 
@@ -95,7 +97,7 @@ def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Sna
         dead = dict(
             session.execute(
                 select(DeadLetter.consumer, func.count())
-                .where(DeadLetter.replayed_at.is_(None))
+                .where(DeadLetter.open())
                 .group_by(DeadLetter.consumer)
             ).all()
         )
@@ -133,7 +135,7 @@ def replay_dead_letters(
     into it, and the mark then closed it: the failure vanished.) If the broker refuses, the
     marks are taken back. On PostgreSQL two replays at once never claim the same letter.
     """
-    query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None)).order_by(DeadLetter.id)
+    query = select(DeadLetter).where(DeadLetter.open()).order_by(DeadLetter.id)
     if consumer:
         query = query.where(DeadLetter.consumer == consumer)
     if ids:
@@ -160,6 +162,25 @@ def replay_dead_letters(
             )
         raise
     return len(letters)
+
+
+def discard_dead_letters(
+    db: Database, ids: list[int], actor: str, reason: str, consumer: str | None = None
+) -> int:
+    """Close letters that can never succeed, with who and why; returns how many. They stay
+    in the table (and in ``dlq list --all``) but no longer count as dead letters."""
+    query = update(DeadLetter).where(DeadLetter.open(), DeadLetter.id.in_(ids))
+    if consumer:
+        query = query.where(DeadLetter.consumer == consumer)
+    with db.transaction() as session:
+        discarded = session.scalars(
+            query.values(
+                discarded_at=utcnow(), discarded_by=actor, discard_reason=reason
+            ).returning(DeadLetter.id)
+        ).all()
+    for letter_id in discarded:
+        log.warning("dead letter #%s discarded by %s: %s", letter_id, actor, reason)
+    return len(discarded)
 
 
 def _envelopes(payloads: Iterable[str]) -> Iterator[Any]:

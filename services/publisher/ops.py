@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.publisher.auth import require_role
+from services.publisher.auth import current_caller, require_role
+from services.publisher.errors import error_response
 from services.publisher.state import state
 from shared import ops
 
@@ -24,6 +25,23 @@ def _snapshot(with_workers: bool) -> ops.Snapshot:
         current.settings.redis_client_url,
         current.celery if with_workers else None,
     )
+
+
+@blp.post("/ops/dead-letters/<int:letter_id>/discard")
+@require_role("ops")
+def discard_dead_letter(letter_id: int) -> Any:
+    """Close a dead letter that can never succeed (JSON ``{"reason": ...}``, required)."""
+    body = request.get_json(silent=True) or {}
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+        return error_response(
+            422, "Say why the letter is discarded.", "validation_failed",
+            {"reason": ["A reason of 1 to 500 characters is required."]},
+        )  # fmt: skip
+    actor = current_caller().actor
+    if not ops.discard_dead_letters(state().db, [letter_id], actor, reason.strip()):
+        return error_response(404, "No open dead letter with that id.", "not_found")
+    return {"id": letter_id, "discarded": True}
 
 
 @blp.get("/ops/queues")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, ColumnElement, Index, Integer, String, Text, and_, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, UTCDateTime, utcnow
@@ -77,3 +77,12 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Discarded by ops, who said why: a letter that can never succeed, no longer counted.
+    discarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    discarded_by: Mapped[str | None] = mapped_column(String(200))
+    discard_reason: Mapped[str | None] = mapped_column(String(500))
+
+    @classmethod
+    def open(cls) -> ColumnElement[bool]:
+        """Letters still waiting for ops: neither replayed nor discarded."""
+        return and_(cls.replayed_at.is_(None), cls.discarded_at.is_(None))

@@ -51,6 +51,28 @@ def test_queues_show_depth_age_and_dead_letters(client, editor, ops_headers, dat
     assert snap["workers"] == []
 
 
+def test_a_dead_letter_that_can_never_succeed_is_discarded_with_its_reason(
+    client, ops_headers, editor, database, settings
+):
+    Consumer("notifier", database, {}).consume({"not": "an event"})
+    with database.session() as session:
+        [letter] = session.scalars(select(DeadLetter)).all()
+    url = f"/ops/dead-letters/{letter.id}/discard"
+    assert client.post(url, json={}, headers=ops_headers).status_code == 422
+    assert client.post(url, json={"reason": "junk"}, headers=editor).status_code == 403
+    assert (
+        client.post(url, json={"reason": "a test's junk"}, headers=ops_headers).status_code == 200
+    )
+    assert client.post(url, json={"reason": "again"}, headers=ops_headers).status_code == 404
+    snap = client.get("/ops/queues", headers=ops_headers).json
+    assert snap["dead_letters"] == {"archiver": 0, "notifier": 0}  # the gauge falls
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "dlq", "list", "--all"],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "discarded by" in listed.stdout and "a test's junk" in listed.stdout
+
+
 def test_queues_are_for_ops_only(client, editor):
     assert client.get("/ops/queues", headers=editor).status_code == 403
     assert client.get("/metrics").status_code == 401

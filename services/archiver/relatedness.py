@@ -1,0 +1,789 @@
+"""How related two stories are: the text model behind the "Also read" lists, with no database.
+
+An article is read as its title and body (HTML, tags stripped, cut at ``max_chars``) and
+turned into a vector of three parts, each scored by a dot product between two vectors:
+
+- words: sublinear TF-IDF over hashed words (English stop words out, ``min_df`` and
+  ``max_df`` relative to the corpus the model was fitted on), kept as the article's
+  ``terms`` heaviest words. Shared rare words (names, places, figures) are what tell the
+  rest of the same story from another story on the same subject, so this part carries
+  most of the weight: it puts the other half of a split story first.
+- topic: latent semantic analysis (truncated SVD of the TF-IDF matrix, ``dims``
+  dimensions). A few dozen dimensions keep only broad subjects; they pull in stories that
+  share the subject but not the vocabulary, which words alone miss.
+- theme: soft membership of the topic vector in a handful of broad themes (k-means on the
+  topic vectors, a softmax at ``theme_temperature``), the way a paper has a handful of
+  desks. Sharing a theme is a sharper signal than a cosine near the edge of one, so it
+  keeps the lower places of a list on the story's own desk, where the plain topic cosine
+  lets in neighbours from the desk next door.
+
+The words decide the first places and the topic and theme the rest. Word-and-bigram
+features were tried and left out: they split a story's names over more features and made
+the halves of a story find each other less often, for little gain in topic. Weighting the
+title, idf powers and centring the vectors moved nothing that mattered.
+
+Two scores are only comparable under one fitted model: a model is refitted as the corpus
+grows, and every vector is made again with the new one. New articles are vectorised with
+the fitted model (unknown words are simply not counted), without a refit.
+
+Lists come from ``top_k``: candidates first (the nearest by topic and theme, found by
+scikit-learn's brute-force neighbour search, and those sharing the query's rarest words,
+by one sparse product), then the exact score of each candidate, the boosts and the cut to
+k. A story outside both candidate sets cannot be listed even if a boost would have lifted
+it: boosts re-rank what the text finds, they do not find stories of their own. Text scores
+are symmetric, so ``score_all`` (every stored story against one) tells which lists a new
+story now belongs in.
+
+Vectors and the model go to bytes without pickle (``vector_to_bytes``,
+``TextModel.to_bytes``): reading them back runs no code, so a corrupt or hostile row can
+only fail with ``CorruptState``.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import itertools
+import json
+import math
+import re
+import struct
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.preprocessing import normalize
+from sklearn.utils.parallel import Parallel, delayed
+
+from shared.errors import PermanentError
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+class HasText(Protocol):
+    """What the model reads of an article (an ``Article`` row will do)."""
+
+    @property
+    def title(self) -> str | None: ...
+
+    @property
+    def body(self) -> str | None: ...
+
+
+class HasFacets(Protocol):
+    """What the boosts read of an article (an ``Article`` row will do)."""
+
+    @property
+    def section(self) -> str | None: ...
+
+    @property
+    def tags(self) -> Sequence[str] | None: ...
+
+    @property
+    def published_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class Doc:
+    title: str
+    body: str  # HTML or plain text
+
+
+@dataclass(frozen=True)
+class Facets:
+    section: str | None = None
+    tags: Sequence[str] = ()
+    published_at: datetime | None = None
+
+
+class CorruptState(PermanentError):
+    """Stored vector or model bytes that cannot be read back."""
+
+
+TAG = re.compile(r"<[^>]*>")
+# Han and kana are written without spaces: each character becomes a word of its own.
+CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+TOKEN = r"(?u)\b\w\w+\b|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+HTML_PER_CHAR = 4  # raw HTML read per character of text kept: markup is dropped after
+
+
+def plain_text(title: str | None, body: str | None, max_chars: int) -> str:
+    """Title and body as one plain text of at most ``max_chars`` characters."""
+    raw = (body or "")[: max_chars * HTML_PER_CHAR]
+    text = f"{title or ''}\n{html.unescape(TAG.sub(' ', raw))}"[:max_chars]
+    return CJK.sub(r" \1 ", text) if CJK.search(text) else text
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How text becomes a vector; fixed for the life of a fitted model."""
+
+    max_chars: int = 20_000  # of title and body text: a few thousand words say what it is
+    min_df: int = 2  # a word in one story only links nothing
+    max_df: float = 0.5  # a word in most stories says nothing
+    small_corpus: int = 10  # fitted on fewer stories than this, every word counts
+    hash_bits: int = 20  # 2**20 buckets: few collisions among a newsroom's words
+    terms: int = 128  # words kept per story: nearly all of a story's weight
+    dims: int = 20  # topic dimensions: broad subjects only
+    themes: int = 6  # a handful of desks
+    theme_temperature: float = 0.1
+
+
+@dataclass(frozen=True)
+class RankParams:
+    """How vectors and facets become a ranked list; free to change without a refit."""
+
+    words: float = 0.75  # weight of the TF-IDF cosine
+    topic: float = 0.125  # weight of the topic cosine
+    theme: float = 0.125  # weight of shared theme membership
+    section_boost: float = 0.0  # same section
+    tag_boost: float = 0.0  # per shared tag, up to tag_boost_cap tags
+    tag_boost_cap: int = 3
+    boost: Literal["add", "multiply"] = "add"  # boosts added to, or multiplying, the score
+    recency: float = 0.0  # share of the score lost by a story published far apart in time
+    recency_half_life_days: float = 30.0  # apart by this much, it loses half of that share
+    # Candidates, scored exactly: the stories with most weight on the query's rarest words,
+    word_candidates: int = 60
+    rare_terms: int = 16
+    # and the nearest by topic and theme: among all stories up to exhaustive_up_to of them,
+    # above that in the query's nearest groups of stories (see _Clusters).
+    topic_candidates: int = 20
+    exhaustive_up_to: int = 20_000
+    probes: int = 4
+
+
+# --------------------------------------------------------------------------------------------
+# Vectors
+
+
+@dataclass(frozen=True)
+class Vector:
+    """One article: topic and theme parts, then its kept words and their weights."""
+
+    dense: np.ndarray  # float32
+    terms: np.ndarray  # int32, ascending
+    weights: np.ndarray  # float32, unit length (or empty)
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """Many articles' vectors, one row each, under one model."""
+
+    dense: np.ndarray  # (n, topic_dims + themes) float32
+    words: sp.csr_matrix  # (n, vocabulary) float32, rows of unit length or empty
+    topic_dims: int  # the dense part's first columns are the topic, the rest the themes
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+    def row(self, i: int) -> Vector:
+        start, end = self.words.indptr[i], self.words.indptr[i + 1]
+        return Vector(
+            dense=self.dense[i].copy(),
+            terms=self.words.indices[start:end].astype(np.int32),
+            weights=self.words.data[start:end].astype(np.float32),
+        )
+
+
+VECTOR_HEADER = struct.Struct("<BHI")  # format version, dense length, number of words
+VECTOR_VERSION = 1
+
+
+def vector_to_bytes(vector: Vector) -> bytes:
+    """7 bytes of header, then float32 dense, int32 terms and float32 weights."""
+    head = VECTOR_HEADER.pack(VECTOR_VERSION, len(vector.dense), len(vector.terms))
+    return b"".join(
+        [
+            head,
+            vector.dense.astype("<f4").tobytes(),
+            vector.terms.astype("<i4").tobytes(),
+            vector.weights.astype("<f4").tobytes(),
+        ]
+    )
+
+
+def vector_from_bytes(data: bytes) -> Vector:
+    try:
+        version, dense, nnz = VECTOR_HEADER.unpack_from(data)
+    except struct.error:
+        raise CorruptState("a stored vector is shorter than its header") from None
+    if version != VECTOR_VERSION:
+        raise CorruptState(f"a stored vector has format version {version}")
+    if len(data) != VECTOR_HEADER.size + 4 * dense + 8 * nnz:
+        raise CorruptState("a stored vector's length does not match its header")
+    at = VECTOR_HEADER.size
+    values = np.frombuffer(data, "<f4", dense, at).astype(np.float32)
+    terms = np.frombuffer(data, "<i4", nnz, at + 4 * dense).astype(np.int32)
+    weights = np.frombuffer(data, "<f4", nnz, at + 4 * dense + 4 * nnz).astype(np.float32)
+    return Vector(values, terms, weights)
+
+
+# --------------------------------------------------------------------------------------------
+# The text model
+
+
+def _hasher(params: ModelParams) -> HashingVectorizer:
+    return HashingVectorizer(
+        n_features=2**params.hash_bits,
+        token_pattern=TOKEN,
+        stop_words="english",
+        alternate_sign=False,
+        norm=None,
+        dtype=np.float32,
+    )
+
+
+def _count_chunk(docs: Sequence[tuple[str, str]], params: ModelParams) -> sp.csr_matrix:
+    texts = [plain_text(title, body, params.max_chars) for title, body in docs]
+    return _hasher(params).transform(texts).tocsr()
+
+
+def _counts(docs: Sequence[HasText], params: ModelParams, n_jobs: int) -> sp.csr_matrix:
+    """Word counts of each article, in hash buckets (in ``n_jobs`` processes)."""
+    pairs = [(d.title or "", d.body or "") for d in docs]
+    if n_jobs == 1 or len(pairs) < 2_000:
+        return _count_chunk(pairs, params)
+    size = math.ceil(len(pairs) / (4 * n_jobs))
+    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    parts = Parallel(n_jobs=n_jobs)(delayed(_count_chunk)(c, params) for c in chunks)
+    return sp.vstack(parts, format="csr")
+
+
+def _df_bounds(n: int, params: ModelParams) -> tuple[int, int]:
+    """Least and most stories a kept word may occur in, for a corpus of ``n``."""
+    if n < params.small_corpus:
+        return 1, max(n, 1)
+    return params.min_df, max(params.min_df, int(params.max_df * n))
+
+
+def _keep_top(words: sp.csr_matrix, terms: int) -> sp.csr_matrix:
+    """Each row's ``terms`` heaviest entries, rescaled to unit length."""
+    nnz = np.diff(words.indptr)
+    if nnz.max(initial=0) > terms:
+        rows = np.repeat(np.arange(words.shape[0]), nnz)
+        order = np.lexsort((-words.data, rows))
+        rank = np.arange(len(order)) - words.indptr[rows[order]]
+        kept = np.sort(order[rank < terms])
+        words = sp.csr_matrix(
+            (words.data[kept], words.indices[kept], np.searchsorted(kept, words.indptr)),
+            shape=words.shape,
+        )
+    words = normalize(words).astype(np.float32)
+    words.sort_indices()
+    return words
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A fitted model: which hash buckets are words, their idf, the topic axes, the themes."""
+
+    params: ModelParams
+    buckets: np.ndarray  # int64, ascending: the hash buckets kept, in vocabulary order
+    idf: np.ndarray  # float32 per kept bucket
+    axes: np.ndarray  # (dims, vocabulary) float32: the SVD's components
+    centroids: np.ndarray  # (themes, dims) float32
+    fitted_on: int = 0  # articles
+
+    @property
+    def vocabulary(self) -> int:
+        return len(self.buckets)
+
+    @property
+    def dense_size(self) -> int:
+        return int(self.axes.shape[0] + self.centroids.shape[0])
+
+    @classmethod
+    def fit(
+        cls, docs: Sequence[HasText], params: ModelParams | None = None, n_jobs: int = 1
+    ) -> TextModel:
+        return cls.fit_transform(docs, params, n_jobs)[0]
+
+    @classmethod
+    def fit_transform(
+        cls, docs: Sequence[HasText], params: ModelParams | None = None, n_jobs: int = 1
+    ) -> tuple[TextModel, Vectors]:
+        """The model fitted on ``docs``, and their vectors (read once for both)."""
+        params = params or ModelParams()
+        counts = _counts(docs, params, n_jobs)
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        least, most = _df_bounds(len(docs), params)
+        buckets = np.flatnonzero((df >= least) & (df <= most))
+        idf = (np.log((1 + len(docs)) / (1 + df[buckets])) + 1).astype(np.float32)
+        shell = cls(params, buckets, idf, np.zeros((0, len(buckets)), np.float32), _no_themes())
+        tfidf = shell._tfidf(counts)
+        axes = _topic_axes(tfidf, params.dims)
+        topics = normalize(tfidf @ axes.T).astype(np.float32)
+        model = cls(params, buckets, idf, axes, _themes(topics, params.themes), len(docs))
+        return model, model._vectors(tfidf, topics)
+
+    def stack(self, vectors: Sequence[Vector]) -> Vectors:
+        """Vectors made one at a time (read back from storage, say) as one block."""
+        if any(len(v.dense) != self.dense_size for v in vectors):
+            raise CorruptState("a vector's dense part does not fit this model")
+        terms = np.concatenate([v.terms for v in vectors] or [np.zeros(0, np.int32)])
+        if len(terms) and (terms.min() < 0 or terms.max() >= self.vocabulary):
+            raise CorruptState("a vector names a word outside this model's vocabulary")
+        dense = np.zeros((len(vectors), self.dense_size), np.float32)
+        for i, v in enumerate(vectors):
+            dense[i] = v.dense
+        indptr = np.concatenate([[0], np.cumsum([len(v.terms) for v in vectors])])
+        weights = np.concatenate([v.weights for v in vectors] or [np.zeros(0, np.float32)])
+        shape = (len(vectors), self.vocabulary)
+        words = sp.csr_matrix((weights, terms, indptr.astype(np.int64)), shape=shape)
+        words.sort_indices()
+        return Vectors(dense, words, self.axes.shape[0])
+
+    def transform(self, docs: Sequence[HasText], n_jobs: int = 1) -> Vectors:
+        tfidf = self._tfidf(_counts(docs, self.params, n_jobs))
+        return self._vectors(tfidf, normalize(tfidf @ self.axes.T).astype(np.float32))
+
+    def _tfidf(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Sublinear TF-IDF of the kept words, rows of unit length."""
+        column = np.full(counts.shape[1], -1, np.int64)
+        column[self.buckets] = np.arange(len(self.buckets))
+        mapped = column[counts.indices]
+        kept = mapped >= 0
+        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[kept]
+        values = (1 + np.log(counts.data[kept])) * self.idf[mapped[kept]]
+        shape = (counts.shape[0], len(self.buckets))
+        tfidf = sp.csr_matrix((values, (rows, mapped[kept])), shape=shape, dtype=np.float32)
+        return normalize(tfidf).astype(np.float32)
+
+    def _vectors(self, tfidf: sp.csr_matrix, topics: np.ndarray) -> Vectors:
+        themes = np.zeros((topics.shape[0], self.centroids.shape[0]), np.float32)
+        if len(self.centroids):
+            signal = np.abs(topics).sum(axis=1) > 0
+            logits = topics[signal] @ self.centroids.T / self.params.theme_temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            themes[signal] = normalize(np.exp(logits))
+        words = _keep_top(tfidf, self.params.terms)
+        return Vectors(np.hstack([topics, themes]), words, self.axes.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """The model as an ``.npz`` archive, read back without pickle."""
+        out = io.BytesIO()
+        np.savez(
+            out,
+            params=np.array(json.dumps(asdict(self.params))),
+            fitted_on=np.array(self.fitted_on),
+            buckets=self.buckets,
+            idf=self.idf,
+            axes=self.axes,
+            centroids=self.centroids,
+        )
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TextModel:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                params = ModelParams(**json.loads(str(z["params"])))
+                model = cls(
+                    params,
+                    z["buckets"].astype(np.int64),
+                    z["idf"].astype(np.float32),
+                    z["axes"].astype(np.float32),
+                    z["centroids"].astype(np.float32),
+                    int(z["fitted_on"]),
+                )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptState(f"stored model cannot be read: {exc}") from None
+        if not (len(model.idf) == model.axes.shape[1] == model.vocabulary):
+            raise CorruptState("stored model's parts disagree on its vocabulary")
+        return model
+
+
+def _no_themes() -> np.ndarray:
+    return np.zeros((0, 0), np.float32)
+
+
+def _topic_axes(tfidf: sp.csr_matrix, dims: int) -> np.ndarray:
+    """The SVD's axes; fewer (or none) when the corpus is too small to have that many."""
+    dims = min(dims, tfidf.shape[1] - 1, tfidf.shape[0] - 1)
+    if dims < 1 or tfidf.nnz == 0:
+        return np.zeros((0, tfidf.shape[1]), np.float32)
+    svd = TruncatedSVD(dims, algorithm="randomized", random_state=0).fit(tfidf)
+    return svd.components_.astype(np.float32)
+
+
+def _themes(topics: np.ndarray, themes: int) -> np.ndarray:
+    """k-means centroids of the topic vectors; none when there are too few stories."""
+    signal = topics[np.abs(topics).sum(axis=1) > 0]
+    distinct = len(np.unique(signal.round(4), axis=0)) if len(signal) else 0
+    themes = min(themes, distinct)
+    if themes < 2 or topics.shape[1] == 0:
+        return np.zeros((0, topics.shape[1]), np.float32)
+    return KMeans(themes, n_init=3, random_state=0).fit(signal).cluster_centers_.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# A corpus and its lists
+
+
+@dataclass(frozen=True)
+class Related:
+    id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class _Facets:
+    """Facets as arrays, coded with the corpus's own section and tag numbers."""
+
+    sections: np.ndarray  # int64 per story, -1: none (or one no stored story has)
+    tags: sp.csr_matrix  # (stories, corpus tags) 0/1
+    days: np.ndarray  # float64 days since 1970, NaN: not known
+
+
+def _days(when: datetime | None) -> float:
+    if when is None:
+        return math.nan
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() / 86_400
+
+
+class _Clusters:
+    """Cluster pruning (Manning, Raghavan and Schütze, *Introduction to Information
+    Retrieval*, 7.1.6): stories grouped by k-means on their weighted dense parts, so that
+    a query compares itself with the stories of its ``probes`` nearest groups only, one
+    matrix product per group."""
+
+    def __init__(self, dense: np.ndarray, rows: np.ndarray, probes: int) -> None:
+        count = max(2, int(math.sqrt(len(rows))))
+        km = KMeans(count, n_init=1, max_iter=20, random_state=0).fit(dense[rows])
+        order = np.argsort(km.labels_, kind="stable")
+        self.members = rows[order]
+        self.dense = dense[self.members]  # each group's stories side by side
+        self.starts = np.searchsorted(km.labels_[order], np.arange(count + 1))
+        self.centroids = km.cluster_centers_.astype(np.float32)
+        self.probes = min(probes, count)
+
+    def nearest(self, dense: np.ndarray, count: int) -> list[np.ndarray]:
+        """For each query's dense part, the ``count`` closest stories of its nearest groups."""
+        closeness = dense @ self.centroids.T
+        probed = np.argpartition(-closeness, self.probes - 1, axis=1)[:, : self.probes]
+        groups, queries = probed.ravel(), np.repeat(np.arange(len(dense)), self.probes)
+        order = np.argsort(groups, kind="stable")
+        groups, queries = groups[order], queries[order]
+        bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+        asked, found, scores = [], [], []
+        for a, b in itertools.pairwise(bounds):
+            start, end = self.starts[groups[a]], self.starts[groups[a] + 1]
+            closeness = dense[queries[a:b]] @ self.dense[start:end].T
+            best = _top_rows(closeness, count)
+            asked.append(np.repeat(queries[a:b], best.shape[1]))
+            found.append((start + best).ravel())
+            scores.append(np.take_along_axis(closeness, best, axis=1).ravel())
+        by_query = np.concatenate(asked)
+        order = np.lexsort((-np.concatenate(scores), by_query))
+        by_query, stories = by_query[order], np.concatenate(found)[order]
+        firsts = np.searchsorted(by_query, np.arange(len(dense) + 1))
+        return [self.members[stories[a : min(b, a + count)]] for a, b in itertools.pairwise(firsts)]
+
+
+class Corpus:
+    """The stories that lists are drawn from, and how they are ranked.
+
+    Holds the word weights twice (by story and by word) and the weighted dense parts:
+    about 2 KB per story at the default 128 words.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        vectors: Vectors,
+        facets: Sequence[HasFacets] | None = None,
+        rank: RankParams | None = None,
+    ) -> None:
+        n = len(vectors)
+        if len(ids) != n or (facets is not None and len(facets) != n):
+            raise ValueError("ids, vectors and facets must have one entry per story")
+        self.ids = list(ids)
+        self.position = {id_: i for i, id_ in enumerate(self.ids)}
+        self.rank = rank or RankParams()
+        self.topic_dims = vectors.topic_dims
+        self.words = vectors.words.astype(np.float32).tocsr()
+        self.words.sort_indices()
+        self.by_word = self.words.T.tocsr()
+        self.df = np.diff(self.by_word.indptr)
+        self.dense = self.weighted(vectors.dense)
+        self.searchable = np.flatnonzero(np.diff(self.words.indptr) > 0)
+        self.sections = _codes(f.section for f in facets or () if f.section)
+        self.tags = _codes(t for f in facets or () for t in f.tags or ())
+        self.facets = self.coded(facets, n)
+        self.clusters: _Clusters | None = None
+        if self.dense.shape[1] and len(self.searchable) > self.rank.exhaustive_up_to:
+            self.clusters = _Clusters(self.dense, self.searchable, self.rank.probes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def weighted(self, dense: np.ndarray) -> np.ndarray:
+        """Dense parts scaled so that one dot product adds the weighted topic and theme."""
+        scale = np.full(dense.shape[1], math.sqrt(self.rank.theme), np.float32)
+        scale[: self.topic_dims] = math.sqrt(self.rank.topic)
+        return (dense * scale).astype(np.float32)
+
+    def coded(self, facets: Sequence[HasFacets] | None, n: int) -> _Facets:
+        shape = (n, max(len(self.tags), 1))
+        if facets is None:
+            no_tags = sp.csr_matrix(shape, dtype=np.float32)
+            return _Facets(np.full(n, -1, np.int64), no_tags, np.full(n, np.nan))
+        sections = np.array([self.sections.get(f.section or "", -1) for f in facets], np.int64)
+        rows, cols = [], []
+        for i, f in enumerate(facets):
+            for tag in set(f.tags or ()) & self.tags.keys():
+                rows.append(i)
+                cols.append(self.tags[tag])
+        ones = np.ones(len(rows), np.float32)
+        tags = sp.csr_matrix((ones, (rows, cols)), shape=shape, dtype=np.float32)
+        days = np.array([_days(f.published_at) for f in facets], np.float64)
+        return _Facets(sections, tags, days)
+
+
+def _codes(names: Iterable[str]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(sorted(set(names)))}
+
+
+@dataclass(frozen=True)
+class _Queries:
+    words: sp.csr_matrix
+    dense: np.ndarray  # weighted as the corpus's
+    facets: _Facets
+
+
+def _queries(corpus: Corpus, vectors: Vectors, facets: Sequence[HasFacets] | None) -> _Queries:
+    same_words = vectors.words.shape[1] == corpus.words.shape[1]
+    if not same_words or vectors.dense.shape[1] != corpus.dense.shape[1]:
+        raise ValueError("queries and corpus must come from the same model")
+    words = vectors.words.astype(np.float32).tocsr()
+    words.sort_indices()
+    return _Queries(words, corpus.weighted(vectors.dense), corpus.coded(facets, len(vectors)))
+
+
+# --------------------------------------------------------------------------------------------
+# Candidates, then exact scores
+
+
+def _top_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """Column positions of each row's ``count`` largest scores (all if there are fewer)."""
+    if scores.shape[1] <= count:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(-scores, count - 1, axis=1)[:, :count]
+
+
+def _top(scores: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` largest of ``scores`` (all of them if fewer)."""
+    if len(scores) <= count:
+        return np.arange(len(scores))
+    return np.argpartition(-scores, count - 1)[:count]
+
+
+def _near_in_topic(corpus: Corpus, q: _Queries, live: np.ndarray) -> list[np.ndarray]:
+    """For each live query, the stories nearest to it by topic and theme."""
+    count, dense = corpus.rank.topic_candidates, q.dense[live]
+    if count <= 0:
+        return [np.zeros(0, np.int64)] * len(live)
+    if corpus.clusters is None:
+        pool = corpus.searchable
+        return list(pool[_top_rows(dense @ corpus.dense[pool].T, count)])
+    return corpus.clusters.nearest(dense, count)
+
+
+RARE_WORK = 4_000_000  # stories looked at per sparse product: bounds its memory
+
+
+def _sharing_rare_words(corpus: Corpus, q: _Queries, live: np.ndarray) -> list[np.ndarray]:
+    """For each live query, the stories with most weight on its ``rare_terms`` rarest words:
+    they find the rest of a story that the broad topic cannot tell from its neighbours."""
+    rank, sub = corpus.rank, q.words[live]
+    df = corpus.df[sub.indices].astype(np.float64)
+    df[df == 0] = np.inf  # a word no stored story has finds nothing
+    rows = np.repeat(np.arange(len(live)), np.diff(sub.indptr))
+    order = np.lexsort((df, rows))
+    place = np.arange(len(order)) - sub.indptr[rows[order]]
+    kept = np.sort(order[(place < rank.rare_terms) & np.isfinite(df[order])])
+    indptr = np.searchsorted(kept, sub.indptr)
+    rare = sp.csr_matrix((sub.data[kept], sub.indices[kept], indptr), shape=sub.shape)
+    work = np.cumsum(np.add.reduceat(np.r_[df[kept], 0.0], indptr[:-1]))
+    found: list[np.ndarray] = []
+    while len(found) < len(live):
+        start = len(found)
+        end = max(start + 1, int(np.searchsorted(work, work[start] + RARE_WORK)))
+        hits = (rare[start:end] @ corpus.by_word).tocsr()
+        for i in range(hits.shape[0]):
+            row = slice(hits.indptr[i], hits.indptr[i + 1])
+            found.append(hits.indices[row][_top(hits.data[row], rank.word_candidates)])
+    return found
+
+
+def _candidates(corpus: Corpus, q: _Queries, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, story) pairs worth an exact score, for the query rows in ``block``."""
+    live = block[np.diff(q.words.indptr)[block] > 0]  # a story with no known word has no list
+    if len(live) == 0 or len(corpus.searchable) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pools = [
+        np.union1d(a, b)
+        for a, b in zip(
+            _near_in_topic(corpus, q, live), _sharing_rare_words(corpus, q, live), strict=True
+        )
+    ]
+    sizes = np.array([len(p) for p in pools])
+    return np.repeat(live, sizes), np.concatenate(pools).astype(np.int64)
+
+
+WORD_BLOCK = 2**23  # query word weights spread out at once (32 MB of float32)
+
+
+def _word_scores(
+    corpus: Corpus, words: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray
+) -> np.ndarray:
+    """TF-IDF cosine of query ``rows[i]`` with stored story ``cands[i]``: a few queries'
+    weights spread out over the vocabulary, then looked up at each story's words."""
+    out = np.zeros(len(rows))
+    vocabulary = max(words.shape[1], 1)
+    step = max(1, WORD_BLOCK // vocabulary)
+    for first in range(0, words.shape[0], step):
+        mine = np.flatnonzero((rows >= first) & (rows < first + step))
+        if len(mine) == 0:
+            continue
+        spread = words[first : first + step].toarray().ravel()
+        theirs = corpus.words[cands[mine]]
+        lengths = np.diff(theirs.indptr)
+        at = np.repeat((rows[mine] - first) * vocabulary, lengths) + theirs.indices
+        products = np.r_[spread[at] * theirs.data, 0.0]
+        out[mine] = np.where(lengths > 0, np.add.reduceat(products, theirs.indptr[:-1]), 0.0)
+    return out
+
+
+def _boosted(
+    text: np.ndarray, corpus: Corpus, q: _Queries, rows: np.ndarray, cands: np.ndarray
+) -> np.ndarray:
+    """The text score with the section, tag and recency boosts."""
+    rank = corpus.rank
+    section: np.ndarray | float = 0.0
+    tags: np.ndarray | float = 0.0
+    if rank.section_boost:
+        ours = q.facets.sections[rows]
+        section = rank.section_boost * ((ours >= 0) & (ours == corpus.facets.sections[cands]))
+    if rank.tag_boost:
+        both = q.facets.tags[rows].multiply(corpus.facets.tags[cands])
+        shared = np.asarray(both.sum(axis=1)).ravel()
+        tags = rank.tag_boost * np.minimum(shared, rank.tag_boost_cap)
+    add = rank.boost == "add"
+    score = text + section + tags if add else text * (1 + section) * (1 + tags)
+    if rank.recency:
+        gap = np.nan_to_num(np.abs(q.facets.days[rows] - corpus.facets.days[cands]), nan=0.0)
+        score = score * (1 - rank.recency * (1 - 0.5 ** (gap / rank.recency_half_life_days)))
+    return np.asarray(score, dtype=np.float64)
+
+
+def _lists(
+    corpus: Corpus, q: _Queries, block: np.ndarray, k: int, excluded: np.ndarray
+) -> list[list[Related]]:
+    """The lists of the query rows in ``block``, leaving out ``excluded`` (query * n + story)."""
+    rows, cands = _candidates(corpus, q, block)
+    if len(excluded):
+        keep = ~np.isin(rows * len(corpus) + cands, excluded)
+        rows, cands = rows[keep], cands[keep]
+    dense = np.einsum("ij,ij->i", q.dense[rows], corpus.dense[cands], dtype=np.float64)
+    text = corpus.rank.words * _word_scores(corpus, q.words, rows, cands) + dense
+    score = _boosted(text, corpus, q, rows, cands)
+    ok = text > 0
+    rows, cands, score = rows[ok], cands[ok], score[ok]
+    order = np.lexsort((cands, -score, rows))  # ties: the earlier story first
+    rows, cands, score = rows[order], cands[order], score[order]
+    firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows
+    place = np.arange(len(rows)) - np.repeat(firsts, np.diff(np.r_[firsts, len(rows)]))
+    top = place < k
+    lists: dict[int, list[Related]] = {int(r): [] for r in block}
+    for r, c, s in zip(rows[top].tolist(), cands[top].tolist(), score[top].tolist(), strict=True):
+        lists[r].append(Related(corpus.ids[c], s))
+    return [lists[int(r)] for r in block]
+
+
+# --------------------------------------------------------------------------------------------
+# Lists
+
+
+BLOCK = 256  # queries at a time: one step's memory stays in the tens of MB
+
+
+def iter_top_k(
+    queries: Vectors,
+    corpus: Corpus,
+    k: int,
+    *,
+    query_facets: Sequence[HasFacets] | None = None,
+    exclude: Sequence[Collection[str]] | None = None,
+    block: int = BLOCK,
+) -> Iterator[list[list[Related]]]:
+    """``top_k`` a block of queries at a time, for callers that store lists as they come."""
+    if exclude is not None and len(exclude) != len(queries):
+        raise ValueError("exclude must have one entry per query")
+    q = _queries(corpus, queries, query_facets)
+    n, at = len(corpus), corpus.position
+    for start in range(0, len(queries), block):
+        rows = np.arange(start, min(start + block, len(queries)))
+        if k <= 0 or n == 0:
+            yield [[] for _ in rows]
+            continue
+        mine = [(r, exclude[r]) for r in rows.tolist()] if exclude is not None else []
+        excluded = [r * n + at[i] for r, ids in mine for i in ids if i in at]
+        yield _lists(corpus, q, rows, k, np.array(excluded, np.int64))
+
+
+def top_k(
+    queries: Vectors,
+    corpus: Corpus,
+    k: int,
+    *,
+    query_facets: Sequence[HasFacets] | None = None,
+    exclude: Sequence[Collection[str]] | None = None,
+    block: int = BLOCK,
+) -> list[list[Related]]:
+    """Each query's ``k`` most related stories of ``corpus``, best first, leaving out the ids
+    in ``exclude[i]`` (its own, say); empty for a story with no word the model knows."""
+    blocks = iter_top_k(queries, corpus, k, query_facets=query_facets, exclude=exclude, block=block)
+    return [related for part in blocks for related in part]
+
+
+def related_all(corpus: Corpus, k: int, block: int = BLOCK) -> Iterator[list[list[Related]]]:
+    """Every stored story's list, never itself, a block at a time (a full rebuild)."""
+    q = _Queries(corpus.words, corpus.dense, corpus.facets)
+    n = len(corpus)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        yield _lists(corpus, q, rows, k, rows * n + rows) if k > 0 else [[] for _ in rows]
+
+
+def score_all(query: Vector, corpus: Corpus, facets: HasFacets | None = None) -> np.ndarray:
+    """One story's exact score against every stored story (-inf where the text relates
+    nothing). Scores are symmetric: the lists a new story now belongs in are those whose
+    last score it beats."""
+    n = len(corpus)
+    if n == 0:
+        return np.zeros(0)
+    q = _queries(corpus, _one(query, corpus), None if facets is None else [facets])
+    words = np.asarray((q.words @ corpus.by_word).todense(), dtype=np.float64).ravel()
+    text = corpus.rank.words * words + corpus.dense.astype(np.float64) @ q.dense[0]
+    score = _boosted(text, corpus, q, np.zeros(n, np.int64), np.arange(n))
+    score[text <= 0] = -np.inf
+    return score
+
+
+def _one(vector: Vector, corpus: Corpus) -> Vectors:
+    indptr = np.array([0, len(vector.terms)], np.int64)
+    shape = (1, corpus.words.shape[1])
+    words = sp.csr_matrix((vector.weights, vector.terms, indptr), shape=shape)
+    return Vectors(vector.dense[None, :].astype(np.float32), words, corpus.topic_dims)
