@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError, fields, validate
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
@@ -78,4 +78,19 @@ class Flag(fields.Boolean):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
             raise self.make_error("invalid")
+        return value
+
+
+class Whole(validate.Validator):
+    """A pattern the whole value must match. marshmallow's Regexp searches with ``match``,
+    where ``$`` also matches before a final line break: ``"news\\n"`` passed as a section.
+    (``regex`` is what apispec reads to document the pattern.)"""
+
+    def __init__(self, regex: re.Pattern[str], error: str):
+        self.regex = regex
+        self.message = error
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self.message)
         return value
