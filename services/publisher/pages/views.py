@@ -24,13 +24,19 @@ VIDEO = re.compile(r"\.(mp4|webm|ogv|m3u8)(\?|$)", re.IGNORECASE)
 TAGS = re.compile(r"<[^>]+>")
 
 
-def _latest(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
+def latest_articles(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
     query = select(Article).where(has_status(S.PUBLISHED))
     if section is not None:
         query = query.where(Article.section == section)
     query = query.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
     with state().db.session() as session:
         return list(session.scalars(query))
+
+
+def sections_of(articles: list[Article]) -> list[str]:
+    """The sections a subscribe form offers: those of the stories listed with it (the page's
+    ETag covers them, so a cached page never offers a stale list)."""
+    return sorted({article.section for article in articles if article.section})
 
 
 def _listing_etag(kind: str, articles: list[Article]) -> str:
@@ -57,8 +63,13 @@ def description(article: Article, length: int = 160) -> str:
 
 @blp.get("/")
 def front_page() -> BaseResponse:
-    articles = _latest(limit=20)
-    page = render_template("front.html", articles=articles, base=state().settings.public_base_url)
+    articles = latest_articles(limit=20)
+    page = render_template(
+        "front.html",
+        articles=articles,
+        base=state().settings.public_base_url,
+        sections=sections_of(articles),
+    )
     return _cacheable(Response(page), _listing_etag("front", articles))
 
 
@@ -81,6 +92,8 @@ def article_page(slug: str) -> BaseResponse:
         base=state().settings.public_base_url,
         is_video=bool(article.media and VIDEO.search(article.media)),
         related=[],
+        sections=[article.section] if article.section else [],
+        ticked=[article.section],
     )
     return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}")
 
@@ -98,7 +111,7 @@ def section_feed(section: str) -> BaseResponse:
 
 
 def _feed(section: str | None) -> BaseResponse:
-    articles = _latest(section)
+    articles = latest_articles(section)
     xml = feeds.atom(articles, state().settings.public_base_url, section, request.url)
     response = Response(xml, mimetype="application/atom+xml")
     return _cacheable(response, _listing_etag(f"feed-{section or ''}", articles))
