@@ -12,6 +12,7 @@ from services.publisher.pages import subscriptions as subscription_pages
 from services.publisher.pages import views as pages
 from services.publisher.state import PublisherState
 from services.publisher.subscriptions.routes import blp as subscriptions_blp
+from services.publisher.webhooks.routes import blp as webhooks_blp
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
     api.register_blueprint(subscriptions_blp)
+    api.register_blueprint(webhooks_blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
     app.register_blueprint(subscription_pages.blp)

@@ -16,9 +16,8 @@ from services.notifier.channels.email import FileMailer
 from services.notifier.channels.webhook import HttpWebhookTransport
 from services.notifier.sending import Sender
 from services.publisher import create_app
-from shared.celery import broker_lists
 from shared.models import Delivery, Subscription
-from shared.ops import carried
+from tests.brokers import tasks_sent
 from tests.publisher.helpers import row_counts
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -36,22 +35,6 @@ def subscriptions(database) -> list[Subscription]:  # type: ignore[no-untyped-de
 def deliveries(database) -> list[Delivery]:  # type: ignore[no-untyped-def]
     with database.session() as session:
         return list(session.scalars(select(Delivery).order_by(Delivery.id)))
-
-
-def tasks_sent(redis_url: str, queue: str) -> list[tuple[str, object]]:
-    """(task name, its argument) of each message waiting in ``queue``, oldest first."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        raw = [item for key in broker_lists(queue) for item in client.lrange(key, 0, -1)]
-    finally:
-        client.close()
-    found = []
-    for item in reversed(raw):
-        task, args = carried(item)
-        found.append((task, args[0] if args else None))
-    return found
 
 
 def mail_in(directory: Path) -> list[Message]:
