@@ -220,7 +220,8 @@ def _whoami() -> str:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 def queues(as_json: bool) -> None:
-    """Queue depth and oldest age, outbox backlog and lag, dead letters, live workers."""
+    """Queue depth and oldest age, outbox backlog and lag, dead letters, live workers,
+    deliveries per channel and status."""
     import json
 
     from shared import ops
@@ -239,6 +240,9 @@ def queues(as_json: bool) -> None:
         in_flight = "?" if snap.in_flight is None else snap.in_flight
         click.echo(f"in flight: {in_flight}   outbox pending: {snap.outbox_pending} (lag {lag})")
         click.echo(f"workers: {', '.join(snap.workers) or 'none answering'}")
+        click.echo(f"{'deliveries':<10} " + " ".join(f"{s:>9}" for s in ops.DELIVERY_STATES))
+        for channel, counts in snap.deliveries.items():
+            click.echo(f"{channel:<10} " + " ".join(f"{counts[s]:>9}" for s in ops.DELIVERY_STATES))
     if not snap.broker_ok:
         raise click.ClickException("the broker is not answering: queue depths are unknown")
 

@@ -32,6 +32,12 @@ ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The notifier's sender (args: [channel]). Beat sends it every few seconds; the publisher
+# sends it after committing a delivery of its own (a confirmation, a test event) so that
+# message goes at once instead of at the next tick.
+NOTIFIER_SEND_TASK = "notifier.send"
+
+
 def consumer_task(queue: str) -> str:
     """The task name each consumer service registers for the events on its queue."""
     return f"{queue}.consume"

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 
+from shared.bus import NOTIFIER_SEND_TASK
 from shared.config import Settings
 from shared.consumer import RETRYABLE
 
@@ -78,7 +79,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": queue, "expires": seconds},
         }
 
-    send = "notifier.send"
+    send = NOTIFIER_SEND_TASK
     return {
         "notifier-send-email": every(5, send, "notifier") | {"args": ["email"]},
         "notifier-send-webhook": every(5, send, "notifier") | {"args": ["webhook"]},

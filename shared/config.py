@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import limits
+
 from shared.errors import ConfigError
 
 NEVER = None  # an archive age of "never" in ARCHIVE_POLICY
@@ -77,6 +79,8 @@ class Settings:
     confirm_expires_hours: int = 72
     delivery_lease_seconds: int = 120  # a killed sender's batch is due again after this
     webhook_disable_after_days: int = 5
+    # per client address, for the subscribe endpoints (flask-limiter's notation)
+    subscribe_rate_limit: str = "5/minute;30/hour"
     port: int = 8000
     web_workers: int = 2
     worker_concurrency: int = 2
@@ -158,6 +162,7 @@ class Settings:
             confirm_expires_hours=_int(env, "CONFIRM_EXPIRES_HOURS", 72),
             delivery_lease_seconds=_int(env, "DELIVERY_LEASE_SECONDS", 120),
             webhook_disable_after_days=_int(env, "WEBHOOK_DISABLE_AFTER_DAYS", 5),
+            subscribe_rate_limit=_rate_limit(env, "SUBSCRIBE_RATE_LIMIT", cls.subscribe_rate_limit),
             port=port,
             web_workers=_int(env, "WEB_CONCURRENCY", 2),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2),
@@ -181,6 +186,17 @@ def _seconds_list(env: Mapping[str, str], name: str) -> tuple[float, ...]:
     if any(v < 0 for v in values):
         raise ConfigError(f"{name} cannot hold a negative delay")
     return values
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        limits.parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be limits like '5/minute;30/hour', not {raw!r}") from None
+    return raw
 
 
 def _database_url(given: str | None) -> str | None:

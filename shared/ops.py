@@ -14,17 +14,30 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select, text, update
+from sqlalchemy.orm import Session
 
 from shared.bus import CONSUMERS, ROUTES, CelerySender, Sender, send_in_messages
 from shared.celery import broker_lists
 from shared.db import Database, utcnow
 from shared.events import envelope_of, envelopes_in
-from shared.models import ConsumedEvent, DeadLetter, OutboxEvent
+from shared.models import Channel, ConsumedEvent, DeadLetter, OutboxEvent
 
 # kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
 log = logging.getLogger(__name__)
 UNACKED_INDEX = "unacked_index"
+
+# What ops see of the notifier's deliveries, per channel. "retrying" are the pending ones
+# tried at least once (for the moment it is in flight, a first try counts as one too);
+# "pending" are the rest.
+DELIVERY_STATES = ("pending", "retrying", "sent", "failed", "dead", "cancelled")
+_DELIVERY_COUNTS = text("""
+SELECT channel,
+       CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END,
+       count(*)
+FROM deliveries
+GROUP BY 1, 2
+""")
 
 
 @dataclass
@@ -41,6 +54,7 @@ class Snapshot:
     outbox_pending: int
     outbox_lag_s: float | None
     dead_letters: dict[str, int]
+    deliveries: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> state
     workers: list[str] = field(default_factory=list)
     broker_ok: bool = True
 
@@ -86,6 +100,14 @@ def queue_states(client: redis.Redis, names: Iterable[str], now: datetime) -> li
     return states
 
 
+def delivery_counts(session: Session) -> dict[str, dict[str, int]]:
+    """Deliveries of each channel in each of ``DELIVERY_STATES`` (zeros included)."""
+    counts = {channel.value: dict.fromkeys(DELIVERY_STATES, 0) for channel in Channel}
+    for channel, state, count in session.execute(_DELIVERY_COUNTS):
+        counts.setdefault(channel, dict.fromkeys(DELIVERY_STATES, 0))[state] = int(count)
+    return counts
+
+
 def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Snapshot:
     now = utcnow()
     with db.session() as session:
@@ -101,6 +123,7 @@ def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Sna
                 .group_by(DeadLetter.consumer)
             ).all()
         )
+        deliveries = delivery_counts(session)
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=now.tzinfo)
     result = Snapshot(
@@ -109,6 +132,7 @@ def snapshot(db: Database, redis_url: str, celery_app: Any | None = None) -> Sna
         outbox_pending=int(pending),
         outbox_lag_s=(now - oldest).total_seconds() if oldest else None,
         dead_letters={name: int(dead.get(name, 0)) for name in CONSUMERS},
+        deliveries=deliveries,
     )
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
     try:

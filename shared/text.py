@@ -121,3 +121,18 @@ class Flag(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid")
         return value
+
+
+class Whole(validate.Validator):
+    """A pattern the whole value must match. marshmallow's Regexp searches with ``match``,
+    where ``$`` also matches before a final line break: ``"news\\n"`` passed as a section.
+    (``regex`` is what apispec reads to document the pattern.)"""
+
+    def __init__(self, regex: re.Pattern[str], error: str):
+        self.regex = regex
+        self.message = error
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self.message)
+        return value

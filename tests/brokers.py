@@ -32,3 +32,17 @@ def message_count(redis_url: str, queue: str) -> int:
         return sum(int(client.llen(key)) for key in broker_lists(queue))
     finally:
         client.close()
+
+
+def tasks_sent(redis_url: str, queue: str) -> list[tuple[str, object]]:
+    """(task name, its argument) of each message waiting in ``queue``, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = [item for key in broker_lists(queue) for item in client.lrange(key, 0, -1)]
+    finally:
+        client.close()
+    found = []
+    for item in reversed(raw):
+        task, args = carried(item)
+        found.append((task, args[0] if args else None))
+    return found

@@ -5,12 +5,15 @@ from __future__ import annotations
 from flask import Flask, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from services.publisher import health, ops
+from services.publisher import health, ops, ratelimit
 from services.publisher.articles.routes import blp as articles_blp
 from services.publisher.errors import PressroomApi, error_response, register_error_handlers
+from services.publisher.pages import subscriptions as subscription_pages
 from services.publisher.pages import views as pages
 from services.publisher.security import register_security_headers
 from services.publisher.state import PublisherState
+from services.publisher.subscriptions.routes import blp as subscriptions_blp
+from services.publisher.webhooks.routes import blp as webhooks_blp
 from shared.celery import create_celery
 from shared.config import Settings
 from shared.db import Database
@@ -18,6 +21,8 @@ from shared.errors import Conflict, InvalidTransition
 from shared.logs import configure_logging
 
 MAX_BODY = 1 << 20  # 1 MiB
+# The views that send mail to whatever address they are given: one rate limit between them.
+SUBSCRIBE_ENDPOINTS = ("subscriptions.Subscriptions", "subscription_pages.subscribe_form")
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
@@ -49,9 +54,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
+    api.register_blueprint(subscriptions_blp)
+    api.register_blueprint(webhooks_blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
+    app.register_blueprint(subscription_pages.blp)
     app.register_blueprint(ops.blp)
+    ratelimit.install(app, settings, SUBSCRIBE_ENDPOINTS)
     _serve_swagger_assets(app)
     return app
 

@@ -47,7 +47,8 @@ def discard_dead_letter(letter_id: int) -> Any:
 @blp.get("/ops/queues")
 @require_role("ops")
 def queues() -> dict[str, Any]:
-    """Per queue depth and oldest message age; outbox backlog and lag; dead letters; workers."""
+    """Per queue depth and oldest message age; outbox backlog and lag; dead letters;
+    deliveries per channel and status; workers."""
     return _snapshot(with_workers=True).as_dict()
 
 
@@ -74,9 +75,18 @@ class SnapshotCollector(Collector):
         )
         for consumer, count in snap.dead_letters.items():
             dead.add_metric([consumer], count)
+        deliveries = GaugeMetricFamily(
+            "pressroom_deliveries",
+            "Notifier deliveries by channel and status (retrying: pending, tried before)",
+            labels=["channel", "status"],
+        )
+        for channel, counts in snap.deliveries.items():
+            for status, count in counts.items():
+                deliveries.add_metric([channel, status], count)
         yield depth
         yield age
         yield dead
+        yield deliveries
         if snap.in_flight is not None:
             yield GaugeMetricFamily(
                 "pressroom_in_flight",

@@ -264,3 +264,52 @@ def test_events_replay_names_a_time_it_cannot_read(settings):
     )  # fmt: skip
     assert result.returncode == 2
     assert "is not an ISO 8601 time, e.g. 2026-11-26T09:00" in result.stderr
+
+
+def _deliveries(database, channel: str, *states: tuple[str, int]) -> None:  # type: ignore[no-untyped-def]
+    """Delivery rows of ``channel``, one per (status, attempts)."""
+    from shared.models import Delivery
+
+    with database.transaction() as session:
+        for status, attempts in states:
+            session.add(
+                Delivery(
+                    event_id=new_id(),
+                    channel=channel,
+                    destination_id=new_id(),
+                    kind="story",
+                    status=status,
+                    attempts=attempts,
+                )
+            )
+
+
+def test_queues_and_metrics_count_deliveries_per_channel_and_status(client, database, ops_headers):
+    _deliveries(
+        database,
+        "email",
+        ("pending", 0), ("pending", 0), ("pending", 2), ("sent", 1), ("dead", 8),
+    )  # fmt: skip
+    _deliveries(database, "webhook", ("failed", 1), ("sent", 1), ("sent", 3), ("cancelled", 0))
+    snap = client.get("/ops/queues", headers=ops_headers).json
+    assert snap["deliveries"] == {
+        "email": {"pending": 2, "retrying": 1, "sent": 1, "failed": 0, "dead": 1, "cancelled": 0},
+        "webhook": {"pending": 0, "retrying": 0, "sent": 2, "failed": 1, "dead": 0, "cancelled": 1},
+    }
+    text = client.get("/metrics", headers=ops_headers).get_data(as_text=True)
+    assert 'pressroom_deliveries{channel="email",status="retrying"} 1.0' in text
+    assert 'pressroom_deliveries{channel="email",status="pending"} 2.0' in text
+    assert 'pressroom_deliveries{channel="webhook",status="sent"} 2.0' in text
+    assert 'pressroom_deliveries{channel="webhook",status="dead"} 0.0' in text
+
+
+def test_queues_command_shows_deliveries(client, database, settings):
+    _deliveries(database, "email", ("pending", 2), ("sent", 1))
+    table = subprocess.run(
+        [sys.executable, "-m", "services.cli", "queues"],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines() if line}
+    assert lines["deliveries"][:5] == ["pending", "retrying", "sent", "failed", "dead"]
+    assert lines["email"][:5] == ["0", "1", "1", "0", "0"]
+    assert lines["webhook"][:5] == ["0", "0", "0", "0", "0"]

@@ -58,3 +58,14 @@ def test_section_policy_overrides_the_default_age(tmp_path):
 def test_a_bad_number_stops_start_up(tmp_path):
     with pytest.raises(ConfigError, match="ARCHIVE_AFTER_DAYS"):
         Settings.from_env({"VAR_DIR": str(tmp_path), "ARCHIVE_AFTER_DAYS": "soon"})
+
+
+def test_the_subscribe_rate_limit_is_configurable(tmp_path):
+    assert Settings.from_env({"VAR_DIR": str(tmp_path)}).subscribe_rate_limit == "5/minute;30/hour"
+    env = {"VAR_DIR": str(tmp_path), "SUBSCRIBE_RATE_LIMIT": "2/second"}
+    assert Settings.from_env(env).subscribe_rate_limit == "2/second"
+
+
+def test_a_rate_limit_that_does_not_parse_stops_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="SUBSCRIBE_RATE_LIMIT"):
+        Settings.from_env({"VAR_DIR": str(tmp_path), "SUBSCRIBE_RATE_LIMIT": "lots"})

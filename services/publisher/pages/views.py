@@ -83,8 +83,21 @@ def _listing(kind: str, heading: str, *, section: str | None = None, tag: str | 
         has_next=len(found) > PAGE_SIZE,
         path=request.path,
         base=state().settings.public_base_url,
+        sections=sections_of(articles),
+        ticked=[section] if section else [],
     )
     return _cacheable(Response(html_page), _listing_etag(f"{kind}-{page}", articles))
+
+
+def latest_articles(section: str | None = None, limit: int = feeds.FEED_SIZE) -> list[Article]:
+    """The newest published stories (of a section), for pages beyond the listings."""
+    return _latest(section, limit=limit)
+
+
+def sections_of(articles: list[Article]) -> list[str]:
+    """The sections a subscribe form offers: those of the stories listed with it (the page's
+    ETag covers them, so a cached page never offers a stale list)."""
+    return sorted({article.section for article in articles if article.section})
 
 
 def _listing_etag(kind: str, articles: list[Article]) -> str:
@@ -171,6 +184,8 @@ def article_page(slug: str) -> BaseResponse:
         is_video=bool(article.media and VIDEO.search(article.media)),
         json_ld=news_article(article, state().settings.public_base_url),
         related=[],
+        sections=[article.section] if article.section else [],
+        ticked=[article.section],
     )
     return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}")
 

@@ -19,9 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "dead_letters", sa.Column("discarded_at", shared.db.UTCDateTime(timezone=True))
-    )
+    op.add_column("dead_letters", sa.Column("discarded_at", shared.db.UTCDateTime(timezone=True)))
     op.add_column("dead_letters", sa.Column("discarded_by", sa.String(length=200)))
     op.add_column("dead_letters", sa.Column("discard_reason", sa.String(length=500)))
 
