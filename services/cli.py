@@ -217,6 +217,55 @@ def _whoami() -> str:
     return getpass.getuser()
 
 
+@main.group()
+def related() -> None:
+    """The "Also read" lists."""
+
+
+@related.command("rebuild")
+def related_rebuild() -> None:
+    """Refit the text model on every published story and rebuild every list with it; the
+    lists switch over in one transaction, so readers never see them half built."""
+    from sqlalchemy import func, select
+
+    from services.archiver.related import RelatedReads
+    from shared.models import ArticleStatus, has_status
+
+    with _runtime() as runtime:
+        with runtime.db.session() as session:
+            total = (
+                session.scalar(select(func.count()).where(has_status(ArticleStatus.PUBLISHED))) or 0
+            )
+        engine = RelatedReads(runtime.db, runtime.settings)
+        with click.progressbar(length=total, label="lists", file=sys.stderr) as bar:
+            built = engine.rebuild(progress=bar.update)
+    click.echo(f"rebuilt {built} lists", err=True)
+
+
+@related.command("show")
+@click.argument("article")
+def related_show(article: str) -> None:
+    """An article's list (by id or slug), with scores."""
+    from sqlalchemy import or_, select
+
+    from shared.models import Article
+    from shared.related_lists import list_of
+
+    with _runtime() as runtime, runtime.db.session() as session:
+        found = session.scalar(
+            select(Article).where(or_(Article.id == article, Article.slug == article))
+        )
+        if found is None:
+            raise click.ClickException(f"no article with id or slug {article!r}")
+        items = list_of(session, found.id)
+    click.echo(f"{found.title} ({found.status})")
+    if not items:
+        click.echo("  no related stories yet")
+    for n, item in enumerate(items, 1):
+        score = "pinned" if item["score"] is None else f"{item['score']:.3f}"
+        click.echo(f"  {n}. {score:>7}  {item['title']}  /articles/{item['slug']}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 def queues(as_json: bool) -> None:

@@ -83,6 +83,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         "notifier-send-email": every(5, send, "notifier") | {"args": ["email"]},
         "notifier-send-webhook": every(5, send, "notifier") | {"args": ["webhook"]},
+        "related-due": every(10, "archiver.related_due", "archiver"),
+        "related-refit": every(3600, "archiver.related_refit", "archiver"),
         "archive-sweep": every(
             settings.archive_sweep_seconds, "archiver.archive_sweep", "archiver"
         ),

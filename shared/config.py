@@ -78,6 +78,11 @@ class Settings:
     notify_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     confirm_expires_hours: int = 72
     delivery_lease_seconds: int = 120  # a killed sender's batch is due again after this
+    related_k: int = 5  # stories in each "Also read" list
+    related_section_boost: float = 0.05  # added to the score of a story of the same section
+    related_tag_boost: float = 0.02  # per shared tag, up to three
+    related_recency: float = 0.1  # share of the score lost by a story far apart in time
+    related_refit_growth: float = 0.2  # refit once the corpus grew by this share
     webhook_disable_after_days: int = 5
     # per client address, for the subscribe endpoints (flask-limiter's notation)
     subscribe_rate_limit: str = "5/minute;30/hour"
@@ -161,6 +166,11 @@ class Settings:
             or cls.notify_retry_schedule,
             confirm_expires_hours=_int(env, "CONFIRM_EXPIRES_HOURS", 72),
             delivery_lease_seconds=_int(env, "DELIVERY_LEASE_SECONDS", 120),
+            related_k=_int(env, "RELATED_K", 5),
+            related_section_boost=_float(env, "RELATED_SECTION_BOOST", 0.05),
+            related_tag_boost=_float(env, "RELATED_TAG_BOOST", 0.02),
+            related_recency=_float(env, "RELATED_RECENCY", 0.1),
+            related_refit_growth=_float(env, "RELATED_REFIT_GROWTH", 0.2),
             webhook_disable_after_days=_int(env, "WEBHOOK_DISABLE_AFTER_DAYS", 5),
             subscribe_rate_limit=_rate_limit(env, "SUBSCRIBE_RATE_LIMIT", cls.subscribe_rate_limit),
             port=port,
@@ -168,6 +178,16 @@ class Settings:
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         )
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
 
 
 def _host(url: str) -> str:

@@ -39,7 +39,7 @@ DEAD = "dead-lettered"
 AFTER_COMMIT = "pressroom_after_commit"
 
 
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
     """From a handler: run ``callback`` once the ledger transaction has committed (to wake
     the senders of the rows it wrote), never if it rolls back."""
     session.info.setdefault(AFTER_COMMIT, []).append(callback)

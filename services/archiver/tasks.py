@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 from celery import Celery
 
 from services.archiver import archiving
 from services.archiver.handlers import build_handlers
+from services.archiver.related import JOB, RelatedReads
+from shared import work
 from shared.bus import ARCHIVER, consumer_task
 from shared.celery import CONSUMER_TASK_OPTIONS
 from shared.consumer import Consumer
@@ -13,7 +18,15 @@ from shared.runtime import Runtime
 
 
 def register(app: Celery, runtime: Runtime) -> None:
-    consumer = Consumer(ARCHIVER, runtime, build_handlers(runtime))
+    @functools.cache
+    def related(pid: int) -> RelatedReads:  # one cache per pool process
+        return RelatedReads(runtime.db, runtime.settings)
+
+    def run_related() -> int:
+        engine = related(os.getpid())
+        return work.run_due(runtime.db, JOB, lambda job: engine.recompute(job.key), batch=20)
+
+    consumer = Consumer(ARCHIVER, runtime, build_handlers(run_related))
 
     @app.task(name=consumer_task(ARCHIVER), **CONSUMER_TASK_OPTIONS)
     def consume(envelopes: list[dict] | dict) -> list[str]:
@@ -23,3 +36,12 @@ def register(app: Celery, runtime: Runtime) -> None:
     def archive_sweep() -> int:
         # Its events wake the relays as each chunk commits.
         return archiving.sweep(runtime.db, runtime.settings)
+
+    @app.task(name="archiver.related_due", acks_late=True, ignore_result=True)
+    def related_due() -> int:
+        return run_related()  # retries that came due, leases of killed workers
+
+    @app.task(name="archiver.related_refit", acks_late=True, ignore_result=True)
+    def related_refit() -> int:
+        engine = related(os.getpid())
+        return engine.rebuild() if engine.needs_refit() else 0

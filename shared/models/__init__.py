@@ -13,6 +13,7 @@ from shared.models.notify import (
     SubscriptionStatus,
     WebhookEndpoint,
 )
+from shared.models.related import ArticleVector, RelatedItem, RelatedModel
 from shared.models.work import DueWork, FailedWork
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Article",
     "ArticleHistory",
     "ArticleStatus",
+    "ArticleVector",
     "Channel",
     "ConsumedEvent",
     "DeadLetter",
@@ -32,6 +34,8 @@ __all__ = [
     "IdempotencyRecord",
     "OutboxEvent",
     "RedeliveryMark",
+    "RelatedItem",
+    "RelatedModel",
     "Subscription",
     "SubscriptionStatus",
     "WebhookEndpoint",

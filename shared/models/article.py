@@ -81,6 +81,13 @@ class Article(Base):
     archive_reason: Mapped[str | None] = mapped_column(String(500))
     archive_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     evergreen: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An editor's say over the "Also read" list: shown first in this order / never shown.
+    related_pinned: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
+    related_excluded: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -27,6 +27,7 @@ from services.publisher.auth import current_caller, require_role
 from services.publisher.errors import ApiBlueprint, fail
 from services.publisher.state import state
 from shared.models import Article, IdempotencyRecord
+from shared.related_lists import list_of
 
 blp = ApiBlueprint(
     "articles", __name__, url_prefix="/api/v1/articles", description="Editors' articles API"
@@ -154,9 +155,10 @@ class ArticleById(MethodView):
 
     @blp.response(200, ArticleSchema)
     def get(self, article_id: str) -> Any:
-        """One article."""
+        """One article, with ``related``: its "Also read" list."""
         with state().db.session() as session:
             article = load_article(session, article_id)
+            article.related = list_of(session, article.id)  # type: ignore[attr-defined]
         return article, 200, _etag(article)
 
     @blp.arguments(ArticleUpdateSchema(), required=False)

@@ -46,6 +46,9 @@ class ArticleWriteSchema(Schema):
     published_at = When(allow_none=True)
     archive_after = When(allow_none=True)
     evergreen = Flag()
+    # The "Also read" list, steered: these first, in this order / never these.
+    related_pinned = fields.List(fields.UUID(), validate=validate.Length(max=10))
+    related_excluded = fields.List(fields.UUID(), validate=validate.Length(max=100))
 
     @validates_schema
     def _times_make_sense(self, data: dict, **_: object) -> None:
@@ -108,6 +111,7 @@ class RelatedSchema(Schema):
     id = fields.String()
     slug = fields.String()
     title = fields.String()
+    score = fields.Float(allow_none=True, metadata={"description": "null for a pinned story"})
 
 
 class ArticleSchema(Schema):
@@ -132,6 +136,8 @@ class ArticleSchema(Schema):
     updated_at = fields.AwareDateTime()
     url = fields.Method("_url")
     related = fields.List(fields.Nested(RelatedSchema), dump_default=list)
+    related_pinned = fields.List(fields.String(), dump_default=list)
+    related_excluded = fields.List(fields.String(), dump_default=list)
 
     def _url(self, article: object) -> str:
         return f"{state().settings.public_base_url}/articles/{article.slug}"  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.publisher.errors import fail
 from shared import events, lifecycle
 from shared.config import Settings
 from shared.content import base_slug, next_free_slug, sanitise_html, slug_holder
@@ -18,17 +19,35 @@ from shared.models import ArticleStatus as S
 
 EDITABLE = (
     "title", "slug", "summary", "body", "section", "tags", "authors", "media",
-    "publish_at", "published_at", "archive_after", "evergreen",
+    "publish_at", "published_at", "archive_after", "evergreen", "related_pinned",
+    "related_excluded",
 )  # fmt: skip
+STEERING = ("related_pinned", "related_excluded")
 
 
 def _clean(data: dict[str, Any]) -> dict[str, Any]:
     cleaned = {k: v for k, v in data.items() if k in EDITABLE}
+    for name in STEERING:
+        if name in cleaned:  # ids as text, each once, in the editor's order
+            cleaned[name] = list(dict.fromkeys(str(i) for i in cleaned[name]))
     if "body" in cleaned:
         cleaned["body"] = sanitise_html(cleaned["body"])
     if "summary" in cleaned:
         cleaned["summary"] = cleaned["summary"].strip()
     return cleaned
+
+
+def check_steering(session: Session, fields: dict[str, Any], article_id: str | None) -> None:
+    """Pinned and excluded ids must name other articles (422 naming the field)."""
+    problems: dict[str, list[str]] = {}
+    for name in STEERING:
+        ids = fields.get(name) or []
+        known = set(session.scalars(select(Article.id).where(Article.id.in_(ids))))
+        unknown = [i for i in ids if i not in known or i == article_id]
+        if unknown:
+            problems[name] = [f"not another article: {', '.join(unknown)}"]
+    if problems:
+        fail(422, "The request has invalid fields.", details=problems)
 
 
 def _ensure_slug_free(session: Session, slug: str, article_id: str | None = None) -> None:
@@ -56,9 +75,16 @@ def create_article(
     fields = dict(prepared)
     wanted = fields.pop("status")
     unset = dict.fromkeys(ARTICLE_COLUMNS)  # every column given: the insert names them all
+    check_steering(session, fields, None)
     article = Article(
-        **{**unset, "summary": "", "tags": [], "authors": [], "evergreen": False, **fields}
-    )
+        **{
+            **unset,
+            "summary": "", "tags": [], "authors": [], "related_pinned": [],
+            "related_excluded": [],
+            "evergreen": False,
+            **fields,
+        }
+    )  # fmt: skip
     article.id, article.status, article.version = new_id(), S.DRAFT, 1
     article.created_at = article.updated_at = now
     publish_at = fields.get("publish_at")
@@ -104,6 +130,7 @@ def update_article(session: Session, article: Article, data: dict[str, Any], act
     changes = {k: v for k, v in _clean(data).items() if getattr(article, k) != v}
     if not changes and not correction:
         return False
+    check_steering(session, changes, article.id)
     if "slug" in changes:
         _ensure_slug_free(session, changes["slug"], article.id)
     if "publish_at" in changes and article.status not in (S.DRAFT, S.SCHEDULED):

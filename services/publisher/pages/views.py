@@ -7,8 +7,10 @@ import hashlib
 import html
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request
+from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
@@ -19,6 +21,7 @@ from services.publisher.state import state
 from shared.content import SECTION_PATTERN, could_be_slug, sanitise_html
 from shared.models import Article, has_status
 from shared.models import ArticleStatus as S
+from shared.related_lists import list_of
 from shared.text import tag_form
 
 blp = Blueprint(
@@ -170,6 +173,7 @@ def article_page(slug: str) -> BaseResponse:
         abort(404)
     with state().db.session() as session:
         article = session.scalar(select(Article).where(Article.slug == slug))
+        related = list_of(session, article.id) if article is not None else []
     if article is None or article.status in (S.DRAFT, S.SCHEDULED):
         abort(404)
     if article.status == S.RETRACTED:
@@ -178,16 +182,48 @@ def article_page(slug: str) -> BaseResponse:
     page = render_template(
         "article.html",
         article=article,
-        body=sanitise_html(article.body or ""),  # cleaned on the way in; again on the way out
+        # cleaned on the way in; again on the way out
+        body=with_also_read(sanitise_html(article.body or ""), related),
         description=description(article),
         base=state().settings.public_base_url,
         is_video=bool(article.media and VIDEO.search(article.media)),
         json_ld=news_article(article, state().settings.public_base_url),
-        related=[],
+        related=related[len(ALSO_READ_AFTER) :],
         sections=[article.section] if article.section else [],
         ticked=[article.section],
     )
-    return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}")
+    listed = ",".join(item["id"] for item in related)  # a new list is a new page
+    tag = hashlib.blake2b(listed.encode(), digest_size=6).hexdigest()
+    return _cacheable(Response(page), f"{article.id}-v{article.version}-{article.status}-{tag}")
+
+
+ALSO_READ_AFTER = (2, 5)  # paragraphs after which an "Also read" link goes
+ALSO_READ = Markup(
+    '<p class="also-read-inline"><strong>Also read:</strong> <a href="/articles/{}">{}</a></p>'
+)
+ALSO_READ = Markup(
+    '<p class="also-read-inline"><strong>Also read:</strong> <a href="/articles/{}">{}</a></p>'
+)
+PARAGRAPH_END = re.compile(r"</p>", re.IGNORECASE)
+
+
+def with_also_read(body: str, related: list[dict[str, Any]]) -> Markup:
+    """The body with "Also read: <title>" links after its 2nd and 5th paragraphs, as the
+    page this was modelled on has them; a story too short for a place gets its link at the
+    end."""
+    shown = related[: len(ALSO_READ_AFTER)]
+    links = [ALSO_READ.format(item["slug"], item["title"]) for item in shown]
+    parts = PARAGRAPH_END.split(body)
+    out, placed = [], 0
+    for n, part in enumerate(parts):
+        out.append(part)
+        if n < len(parts) - 1:
+            out.append("</p>")
+            if placed < len(links) and n + 1 == ALSO_READ_AFTER[placed]:
+                out.append(str(links[placed]))
+                placed += 1
+    out += [str(link) for link in links[placed:]]
+    return Markup("".join(out))
 
 
 @blp.get("/feed.xml")
