@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 JOB = "related.article"  # due work: recompute around one story (key: its id)
 REBUILD_AFTER = 2_000  # stories changed since the cache was built: build it afresh
 OWNER_CANDIDATES = 200  # a story can enter only the lists of the stories nearest to it
+FIT_INLINE_UP_TO = 5_000  # published stories a first model is fitted on inside an event
 LOCKS = "pressroom:related:"
 
 
@@ -109,27 +110,52 @@ class RelatedReads:
 
     def recompute(self, article_id: str) -> None:
         """Bring every list around ``article_id`` up to date with the story as it is now."""
-        with self.db.session() as session:
-            article = session.get(Article, article_id)
+        self.recompute_many([article_id])
+
+    def recompute_many(self, article_ids: Sequence[str]) -> None:
+        """The same for several stories: those no longer listed leave together (an archive
+        sweep's thousands of events), then each listed one is placed in turn."""
         cache = self._ready()
         if cache is None:
-            return  # no model yet and nothing to fit it on
-        listed = article is not None and article.status == S.PUBLISHED
+            return  # no model yet: the rebuild job makes one
+        with self.db.session() as session:
+            articles = {
+                a.id: a for a in session.scalars(select(Article).where(Article.id.in_(article_ids)))
+            }
+        listed = [i for i in article_ids if i in articles and articles[i].status == S.PUBLISHED]
+        gone = [i for i in article_ids if i not in listed]
+        if gone:
+            self.rewrite(self._remove(cache, gone))
+        for article_id in listed:
+            self._place(cache, articles[article_id])
+
+    def _remove(self, cache: Cache, article_ids: Sequence[str]) -> set[str]:
+        """Take stories out of every list; returns the lists to backfill."""
         with self.db.transaction() as session:
-            was_in = self._owners_listing(session, article_id)
-            if listed:
-                assert article is not None
-                vector = cache.model.transform([article]).row(0)
-                self._store_vector(session, cache.model_id, article_id, vector)
-            else:
-                self._store_vector(session, cache.model_id, article_id, None)
-                session.execute(delete(RelatedItem).where(RelatedItem.article_id == article_id))
+            owners = set(
+                session.scalars(
+                    select(RelatedItem.article_id).where(RelatedItem.related_id.in_(article_ids))
+                )
+            )
+            session.execute(
+                update(ArticleVector)
+                .where(
+                    ArticleVector.model_id == cache.model_id,
+                    ArticleVector.article_id.in_(article_ids),
+                    ArticleVector.vector.is_not(None),
+                )
+                .values(vector=None, seq=func.nextval("article_vectors_seq"))
+            )
+            session.execute(delete(RelatedItem).where(RelatedItem.article_id.in_(article_ids)))
+        return owners - set(article_ids)
+
+    def _place(self, cache: Cache, article: Article) -> None:
+        with self.db.transaction() as session:
+            was_in = self._owners_listing(session, article.id)
+            vector = cache.model.transform([article]).row(0)
+            self._store_vector(session, cache.model_id, article.id, vector)
         cache = self._refreshed()
-        owners = set(was_in)
-        if listed:
-            owners.add(article_id)
-            owners |= self._lists_it_now_enters(cache, article_id)
-        self.rewrite(owners - ({article_id} if not listed else set()))
+        self.rewrite(was_in | {article.id} | self._lists_it_now_enters(cache, article.id))
 
     def rewrite(self, owners: Iterable[str]) -> int:
         """Compute and store the lists of ``owners`` (each locked while written)."""
@@ -165,7 +191,7 @@ class RelatedReads:
             return []
         with self.db.session() as session:
             vectors = self._vectors_of(session, cache, [a.id for a in articles])
-        pinned_ok = self._published({p for a in articles for p in a.related_pinned or []})
+        pinned_ok = self._published_of({p for a in articles for p in a.related_pinned or []})
         queries = cache.model.stack([vectors[a.id] for a in articles])
         facets = [engine.Facets(a.section, a.tags or [], a.published_at) for a in articles]
         excluded = [_steered_off(a) | cache.removed for a in articles]
@@ -244,7 +270,7 @@ class RelatedReads:
             found.update({a.id: vectors.row(n) for n, a in enumerate(articles)})
         return found
 
-    def _published(self, ids: set[str]) -> set[str]:
+    def _published_of(self, ids: set[str]) -> set[str]:
         if not ids:
             return set()
         with self.db.session() as session:
@@ -282,12 +308,18 @@ class RelatedReads:
     # -- the cache
 
     def _ready(self) -> Cache | None:
-        """The cache of the active model, fitting a first model if there is none."""
+        """The cache of the active model. With none yet, a small newsroom's first model is
+        fitted here and now; a large back catalogue waits for the rebuild job (beat's
+        related-refit, or ``pressroom related rebuild``), so no event waits on it."""
         if self._cache is None:
             self._cache = self._load()
-        if self._cache is None and self.rebuild() > 0:
+        if self._cache is None and self._published() <= FIT_INLINE_UP_TO and self.rebuild():
             self._cache = self._load()
         return self._cache
+
+    def _published(self) -> int:
+        with self.db.session() as session:
+            return int(session.scalar(select(func.count()).where(has_status(S.PUBLISHED))) or 0)
 
     def _refreshed(self, session: Session | None = None) -> Cache:
         cache = self._ready()
@@ -395,10 +427,10 @@ class RelatedReads:
         return len(ids)
 
     def needs_refit(self) -> bool:
-        """The corpus grew enough since the active model was fitted."""
+        """No model yet, or the corpus grew enough since the active one was fitted."""
         with self.db.session() as session:
             fitted = session.scalar(select(RelatedModel.articles).where(RelatedModel.active))
-            now = session.scalar(select(func.count()).where(has_status(S.PUBLISHED))) or 0
+        now = self._published()
         if fitted is None:
             return now > 0
         return now >= fitted * (1 + self.settings.related_refit_growth) and now - fitted >= 20

@@ -24,7 +24,9 @@ def register(app: Celery, runtime: Runtime) -> None:
 
     def run_related() -> int:
         engine = related(os.getpid())
-        return work.run_due(runtime.db, JOB, lambda job: engine.recompute(job.key), batch=20)
+        return work.run_due_batches(
+            runtime.db, JOB, lambda jobs: engine.recompute_many([job.key for job in jobs])
+        )
 
     consumer = Consumer(ARCHIVER, runtime, build_handlers(run_related))
 
@@ -43,5 +45,6 @@ def register(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name="archiver.related_refit", acks_late=True, ignore_result=True)
     def related_refit() -> int:
+        # Hourly: a first model for a large back catalogue, a refit as the corpus grows.
         engine = related(os.getpid())
         return engine.rebuild() if engine.needs_refit() else 0
