@@ -52,9 +52,9 @@ class Relay:
                 self._mark(session, rows, done, failed)
             sent += done
             out_of_time = budget is not None and time.monotonic() - started >= budget
-            # Fewer than a batch pending, all of them heads: that was everything.
-            everything = fetched < self.batch and len(rows) == fetched
-            if failed or not rows or everything or out_of_time:
+            # Until a pass finds nothing: with relays side by side, a short pass may only
+            # mean another relay held rows (or their articles' earlier events) meanwhile.
+            if failed or not fetched or out_of_time:
                 return sent
 
     def _heads(self, session: Session) -> tuple[Sequence[Row[Any]], int]:

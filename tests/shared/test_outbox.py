@@ -140,7 +140,6 @@ def test_a_stalled_broker_holds_up_no_writer(database):
     assert relaying.is_alive(), "the write had to wait for the broker"
     broker.release.set()
     relaying.join(30)
-    assert Relay(database, broker).relay() == 1  # the write's own notification wakes this
     assert pending(database) == []
 
 
