@@ -9,29 +9,37 @@ turned into a vector of three parts, each scored by a dot product between two ve
   rest of the same story from another story on the same subject, so this part carries
   most of the weight: it puts the other half of a split story first.
 - topic: latent semantic analysis (truncated SVD of the TF-IDF matrix, ``dims``
-  dimensions). A few dozen dimensions keep only broad subjects; they pull in stories that
-  share the subject but not the vocabulary, which words alone miss.
+  dimensions). Few dimensions keep only broad subjects; they pull in stories that share
+  the subject but not the vocabulary, which words alone miss.
 - theme: soft membership of the topic vector in a handful of broad themes (k-means on the
   topic vectors, a softmax at ``theme_temperature``), the way a paper has a handful of
   desks. Sharing a theme is a sharper signal than a cosine near the edge of one, so it
   keeps the lower places of a list on the story's own desk, where the plain topic cosine
   lets in neighbours from the desk next door.
 
-The words decide the first places and the topic and theme the rest. Word-and-bigram
-features were tried and left out: they split a story's names over more features and made
-the halves of a story find each other less often, for little gain in topic. Weighting the
-title, idf powers and centring the vectors moved nothing that mattered.
+The words carry three quarters of the score, so they decide the first places (a story's
+other half is first about as often as with words alone), and the topic and theme share
+the rest, enough to settle the lower places, where word overlap is thin and noisy.
+Either of the two alone keeps fewer of those places on the story's subject; more weight
+on them starts to push the rest of the story down. Word-and-bigram features were tried
+and left out: they spread a story's names over more features, so its halves found each
+other less often, for little gain in topic. Weighting the title, idf powers and centring
+the vectors moved nothing that mattered. The count of themes suits a paper with a
+handful of desks; one with many more may want more of them.
 
 Two scores are only comparable under one fitted model: a model is refitted as the corpus
 grows, and every vector is made again with the new one. New articles are vectorised with
 the fitted model (unknown words are simply not counted), without a refit.
 
-Lists come from ``top_k``: candidates first (the nearest by topic and theme, found by
-scikit-learn's brute-force neighbour search, and those sharing the query's rarest words,
-by one sparse product), then the exact score of each candidate, the boosts and the cut to
-k. A story outside both candidate sets cannot be listed even if a boost would have lifted
-it: boosts re-rank what the text finds, they do not find stories of their own. Text scores
-are symmetric, so ``score_all`` (every stored story against one) tells which lists a new
+Lists come from ``top_k`` in two steps, so that a rebuild of a large corpus does not score
+every pair of stories. Candidates first: the stories with most weight on the query's
+heaviest words (one sparse product with the stored words, by at most ``search_terms`` of
+the query's words, none in more than ``search_df_cap`` stories: those carry most of the
+cosine, and the rest of the same story shares them), and, in a corpus small enough to
+search whole, the nearest by topic and theme. Then the exact score of each candidate,
+the boosts, and the cut to k. A story outside the candidates cannot be listed even if a
+boost would lift it: boosts re-rank what the text finds. Text scores are symmetric, so
+``score_all`` (one story against every stored story, exactly) tells which lists a new
 story now belongs in.
 
 Vectors and the model go to bytes without pickle (``vector_to_bytes``,
@@ -48,17 +56,18 @@ import json
 import math
 import re
 import struct
-from collections.abc import Collection, Iterable, Iterator, Sequence
+import zipfile
+from collections.abc import Collection, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.preprocessing import normalize
+from sklearn.preprocessing import normalize as _normalize
 from sklearn.utils.parallel import Parallel, delayed
 
 from shared.errors import PermanentError
@@ -153,14 +162,20 @@ class RankParams:
     boost: Literal["add", "multiply"] = "add"  # boosts added to, or multiplying, the score
     recency: float = 0.0  # share of the score lost by a story published far apart in time
     recency_half_life_days: float = 30.0  # apart by this much, it loses half of that share
-    # Candidates, scored exactly: the stories with most weight on the query's rarest words,
+    # Candidates, scored exactly: the stories with most weight on the query's heaviest words,
     word_candidates: int = 60
-    rare_terms: int = 16
-    # and the nearest by topic and theme: among all stories up to exhaustive_up_to of them,
-    # above that in the query's nearest groups of stories (see _Clusters).
+    search_terms: int = 24
+    search_df_cap: int = 1_000  # a word in more stories is not searched by (cost)
+    # and, in a corpus of up to topic_search_up_to stories, the nearest by topic and theme
+    # (a search of every story: beyond that size it costs more than it finds).
     topic_candidates: int = 20
-    exhaustive_up_to: int = 20_000
-    probes: int = 4
+    topic_search_up_to: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.boost not in ("add", "multiply"):
+            raise ValueError(f"boost must be add or multiply, not {self.boost!r}")
+        if min(self.words, self.topic, self.theme) < 0 or not 0 <= self.recency <= 1:
+            raise ValueError("weights must not be negative, and recency lies in 0..1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +248,14 @@ def vector_from_bytes(data: bytes) -> Vector:
 # The text model
 
 
+_Rows = TypeVar("_Rows", np.ndarray, sp.csr_matrix)
+
+
+def normalize(rows: _Rows) -> _Rows:
+    """Rows scaled to unit length (zero rows stay zero), also when there are none."""
+    return rows if 0 in rows.shape else _normalize(rows)
+
+
 def _hasher(params: ModelParams) -> HashingVectorizer:
     return HashingVectorizer(
         n_features=2**params.hash_bits,
@@ -245,19 +268,37 @@ def _hasher(params: ModelParams) -> HashingVectorizer:
 
 
 def _count_chunk(docs: Sequence[tuple[str, str]], params: ModelParams) -> sp.csr_matrix:
+    if not docs:
+        return sp.csr_matrix((0, 2**params.hash_bits), dtype=np.float32)
     texts = [plain_text(title, body, params.max_chars) for title, body in docs]
     return _hasher(params).transform(texts).tocsr()
 
 
-def _counts(docs: Sequence[HasText], params: ModelParams, n_jobs: int) -> sp.csr_matrix:
-    """Word counts of each article, in hash buckets (in ``n_jobs`` processes)."""
-    pairs = [(d.title or "", d.body or "") for d in docs]
-    if n_jobs == 1 or len(pairs) < 2_000:
-        return _count_chunk(pairs, params)
-    size = math.ceil(len(pairs) / (4 * n_jobs))
-    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-    parts = Parallel(n_jobs=n_jobs)(delayed(_count_chunk)(c, params) for c in chunks)
-    return sp.vstack(parts, format="csr")
+COUNT_IN_PARALLEL_FROM = 2_000  # articles: fewer are read faster than processes start
+CHUNK = 4_096  # articles read at a time: bounds the text held in memory
+
+
+def _chunks(docs: Iterable[HasText]) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for doc in docs:
+        chunk.append((doc.title or "", doc.body or ""))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _counts(docs: Iterable[HasText], params: ModelParams, n_jobs: int) -> list[sp.csr_matrix]:
+    """Word counts of each article in hash buckets, a chunk of articles at a time, read as
+    they come (in ``n_jobs`` processes): one matrix per chunk."""
+    few = isinstance(docs, Sized) and len(docs) < COUNT_IN_PARALLEL_FROM
+    if n_jobs == 1 or few:
+        parts = [_count_chunk(chunk, params) for chunk in _chunks(docs)]
+    else:
+        tasks = (delayed(_count_chunk)(chunk, params) for chunk in _chunks(docs))
+        parts = list(Parallel(n_jobs=n_jobs, return_as="generator")(tasks))
+    return parts or [_count_chunk([], params)]
 
 
 def _df_bounds(n: int, params: ModelParams) -> tuple[int, int]:
@@ -267,24 +308,33 @@ def _df_bounds(n: int, params: ModelParams) -> tuple[int, int]:
     return params.min_df, max(params.min_df, int(params.max_df * n))
 
 
+HEAVIEST_ROWS = 8_192  # rows at a time: bounds the working arrays
+
+
+def _heaviest(matrix: sp.csr_matrix, count: int) -> sp.csr_matrix:
+    """Each row's ``count`` largest entries (all of a row that has fewer), indices sorted."""
+    if matrix.shape[0] > HEAVIEST_ROWS:
+        parts = range(0, matrix.shape[0], HEAVIEST_ROWS)
+        return sp.vstack([_heaviest(matrix[i : i + HEAVIEST_ROWS], count) for i in parts])
+    nnz = np.diff(matrix.indptr)
+    keep = np.ones(matrix.nnz, bool)
+    for row in np.flatnonzero(nnz > count).tolist():
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        surplus = end - start - count
+        keep[start + np.argpartition(matrix.data[start:end], surplus - 1)[:surplus]] = False
+    indptr = np.r_[0, np.cumsum(keep)][matrix.indptr]
+    kept = (matrix.data[keep], matrix.indices[keep], indptr)
+    return sp.csr_matrix(kept, shape=matrix.shape)
+
+
 def _keep_top(words: sp.csr_matrix, terms: int) -> sp.csr_matrix:
-    """Each row's ``terms`` heaviest entries, rescaled to unit length."""
-    nnz = np.diff(words.indptr)
-    if nnz.max(initial=0) > terms:
-        rows = np.repeat(np.arange(words.shape[0]), nnz)
-        order = np.lexsort((-words.data, rows))
-        rank = np.arange(len(order)) - words.indptr[rows[order]]
-        kept = np.sort(order[rank < terms])
-        words = sp.csr_matrix(
-            (words.data[kept], words.indices[kept], np.searchsorted(kept, words.indptr)),
-            shape=words.shape,
-        )
-    words = normalize(words).astype(np.float32)
-    words.sort_indices()
-    return words
+    """Each row's ``terms`` heaviest words, rescaled to unit length."""
+    kept = normalize(_heaviest(words, terms)).astype(np.float32)
+    kept.sort_indices()
+    return kept
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TextModel:
     """A fitted model: which hash buckets are words, their idf, the topic axes, the themes."""
 
@@ -311,20 +361,24 @@ class TextModel:
 
     @classmethod
     def fit_transform(
-        cls, docs: Sequence[HasText], params: ModelParams | None = None, n_jobs: int = 1
+        cls, docs: Iterable[HasText], params: ModelParams | None = None, n_jobs: int = 1
     ) -> tuple[TextModel, Vectors]:
-        """The model fitted on ``docs``, and their vectors (read once for both)."""
+        """The model fitted on ``docs``, and their vectors (read once, as they come, for
+        both: a generator of rows will do)."""
         params = params or ModelParams()
-        counts = _counts(docs, params, n_jobs)
-        df = np.bincount(counts.indices, minlength=counts.shape[1])
-        least, most = _df_bounds(len(docs), params)
+        parts = _counts(docs, params, n_jobs)
+        n = sum(part.shape[0] for part in parts)
+        df = np.zeros(2**params.hash_bits, np.int64)
+        for part in parts:
+            df += np.bincount(part.indices, minlength=len(df))
+        least, most = _df_bounds(n, params)
         buckets = np.flatnonzero((df >= least) & (df <= most))
-        idf = (np.log((1 + len(docs)) / (1 + df[buckets])) + 1).astype(np.float32)
-        shell = cls(params, buckets, idf, np.zeros((0, len(buckets)), np.float32), _no_themes())
-        tfidf = shell._tfidf(counts)
+        idf = (np.log((1 + n) / (1 + df[buckets])) + 1).astype(np.float32)
+        words_only = cls(params, buckets, idf, np.zeros((0, len(buckets)), np.float32), _none())
+        tfidf = words_only._tfidf(parts)
         axes = _topic_axes(tfidf, params.dims)
         topics = normalize(tfidf @ axes.T).astype(np.float32)
-        model = cls(params, buckets, idf, axes, _themes(topics, params.themes), len(docs))
+        model = cls(params, buckets, idf, axes, _themes(topics, params.themes), n)
         return model, model._vectors(tfidf, topics)
 
     def stack(self, vectors: Sequence[Vector]) -> Vectors:
@@ -344,20 +398,29 @@ class TextModel:
         words.sort_indices()
         return Vectors(dense, words, self.axes.shape[0])
 
-    def transform(self, docs: Sequence[HasText], n_jobs: int = 1) -> Vectors:
+    def transform(self, docs: Iterable[HasText], n_jobs: int = 1) -> Vectors:
         tfidf = self._tfidf(_counts(docs, self.params, n_jobs))
         return self._vectors(tfidf, normalize(tfidf @ self.axes.T).astype(np.float32))
 
-    def _tfidf(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        """Sublinear TF-IDF of the kept words, rows of unit length."""
-        column = np.full(counts.shape[1], -1, np.int64)
-        column[self.buckets] = np.arange(len(self.buckets))
+    def _tfidf(self, parts: list[sp.csr_matrix]) -> sp.csr_matrix:
+        """Sublinear TF-IDF of the kept words, rows of unit length; ``parts`` is emptied as
+        it is read, so that the counts and the TF-IDF are never both held whole."""
+        pieces = []
+        while parts:
+            pieces.append(self._tfidf_part(parts.pop(0)))
+        return sp.vstack(pieces, format="csr")
+
+    def _tfidf_part(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        column = np.full(counts.shape[1], -1, np.int32)
+        column[self.buckets] = np.arange(len(self.buckets), dtype=np.int32)
         mapped = column[counts.indices]
         kept = mapped >= 0
-        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[kept]
-        values = (1 + np.log(counts.data[kept])) * self.idf[mapped[kept]]
+        indptr = np.r_[0, np.cumsum(kept)][counts.indptr]
+        mapped = mapped[kept]
+        values = (1 + np.log(counts.data[kept])) * self.idf[mapped]
         shape = (counts.shape[0], len(self.buckets))
-        tfidf = sp.csr_matrix((values, (rows, mapped[kept])), shape=shape, dtype=np.float32)
+        tfidf = sp.csr_matrix((values.astype(np.float32), mapped, indptr), shape=shape)
+        tfidf.sort_indices()
         return normalize(tfidf).astype(np.float32)
 
     def _vectors(self, tfidf: sp.csr_matrix, topics: np.ndarray) -> Vectors:
@@ -397,15 +460,24 @@ class TextModel:
                     z["centroids"].astype(np.float32),
                     int(z["fitted_on"]),
                 )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise CorruptState(f"stored model cannot be read: {exc}") from None
-        if not (len(model.idf) == model.axes.shape[1] == model.vocabulary):
-            raise CorruptState("stored model's parts disagree on its vocabulary")
+        themes_fit = len(model.centroids) == 0 or model.centroids.shape[1] == len(model.axes)
+        if not (len(model.idf) == model.axes.shape[1] == model.vocabulary and themes_fit):
+            raise CorruptState("stored model's parts disagree on their sizes")
+        if (
+            model.vocabulary
+            and not 0 <= model.buckets.min() <= model.buckets.max() < 2**params.hash_bits
+        ):
+            raise CorruptState("stored model names words outside its hash space")
         return model
 
 
-def _no_themes() -> np.ndarray:
+def _none() -> np.ndarray:
     return np.zeros((0, 0), np.float32)
+
+
+SVD_ROWS = 30_000
 
 
 def _topic_axes(tfidf: sp.csr_matrix, dims: int) -> np.ndarray:
@@ -413,7 +485,10 @@ def _topic_axes(tfidf: sp.csr_matrix, dims: int) -> np.ndarray:
     dims = min(dims, tfidf.shape[1] - 1, tfidf.shape[0] - 1)
     if dims < 1 or tfidf.nnz == 0:
         return np.zeros((0, tfidf.shape[1]), np.float32)
-    svd = TruncatedSVD(dims, algorithm="randomized", random_state=0).fit(tfidf)
+    if tfidf.shape[0] > SVD_ROWS:  # a sample finds the same broad subjects, sooner
+        tfidf = tfidf[np.random.default_rng(0).choice(tfidf.shape[0], SVD_ROWS, replace=False)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # explained variance of a tiny corpus
+        svd = TruncatedSVD(dims, algorithm="randomized", random_state=0).fit(tfidf)
     return svd.components_.astype(np.float32)
 
 
@@ -452,45 +527,6 @@ def _days(when: datetime | None) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() / 86_400
 
 
-class _Clusters:
-    """Cluster pruning (Manning, Raghavan and Schütze, *Introduction to Information
-    Retrieval*, 7.1.6): stories grouped by k-means on their weighted dense parts, so that
-    a query compares itself with the stories of its ``probes`` nearest groups only, one
-    matrix product per group."""
-
-    def __init__(self, dense: np.ndarray, rows: np.ndarray, probes: int) -> None:
-        count = max(2, int(math.sqrt(len(rows))))
-        km = KMeans(count, n_init=1, max_iter=20, random_state=0).fit(dense[rows])
-        order = np.argsort(km.labels_, kind="stable")
-        self.members = rows[order]
-        self.dense = dense[self.members]  # each group's stories side by side
-        self.starts = np.searchsorted(km.labels_[order], np.arange(count + 1))
-        self.centroids = km.cluster_centers_.astype(np.float32)
-        self.probes = min(probes, count)
-
-    def nearest(self, dense: np.ndarray, count: int) -> list[np.ndarray]:
-        """For each query's dense part, the ``count`` closest stories of its nearest groups."""
-        closeness = dense @ self.centroids.T
-        probed = np.argpartition(-closeness, self.probes - 1, axis=1)[:, : self.probes]
-        groups, queries = probed.ravel(), np.repeat(np.arange(len(dense)), self.probes)
-        order = np.argsort(groups, kind="stable")
-        groups, queries = groups[order], queries[order]
-        bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
-        asked, found, scores = [], [], []
-        for a, b in itertools.pairwise(bounds):
-            start, end = self.starts[groups[a]], self.starts[groups[a] + 1]
-            closeness = dense[queries[a:b]] @ self.dense[start:end].T
-            best = _top_rows(closeness, count)
-            asked.append(np.repeat(queries[a:b], best.shape[1]))
-            found.append((start + best).ravel())
-            scores.append(np.take_along_axis(closeness, best, axis=1).ravel())
-        by_query = np.concatenate(asked)
-        order = np.lexsort((-np.concatenate(scores), by_query))
-        by_query, stories = by_query[order], np.concatenate(found)[order]
-        firsts = np.searchsorted(by_query, np.arange(len(dense) + 1))
-        return [self.members[stories[a : min(b, a + count)]] for a, b in itertools.pairwise(firsts)]
-
-
 class Corpus:
     """The stories that lists are drawn from, and how they are ranked.
 
@@ -512,7 +548,7 @@ class Corpus:
         self.position = {id_: i for i, id_ in enumerate(self.ids)}
         self.rank = rank or RankParams()
         self.topic_dims = vectors.topic_dims
-        self.words = vectors.words.astype(np.float32).tocsr()
+        self.words = vectors.words.astype(np.float32, copy=False).tocsr()
         self.words.sort_indices()
         self.by_word = self.words.T.tocsr()
         self.df = np.diff(self.by_word.indptr)
@@ -521,9 +557,6 @@ class Corpus:
         self.sections = _codes(f.section for f in facets or () if f.section)
         self.tags = _codes(t for f in facets or () for t in f.tags or ())
         self.facets = self.coded(facets, n)
-        self.clusters: _Clusters | None = None
-        if self.dense.shape[1] and len(self.searchable) > self.rank.exhaustive_up_to:
-            self.clusters = _Clusters(self.dense, self.searchable, self.rank.probes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -575,11 +608,8 @@ def _queries(corpus: Corpus, vectors: Vectors, facets: Sequence[HasFacets] | Non
 # Candidates, then exact scores
 
 
-def _top_rows(scores: np.ndarray, count: int) -> np.ndarray:
-    """Column positions of each row's ``count`` largest scores (all if there are fewer)."""
-    if scores.shape[1] <= count:
-        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    return np.argpartition(-scores, count - 1, axis=1)[:, :count]
+Pairs = tuple[np.ndarray, np.ndarray]  # (query row, stored story) of each pair
+NO_PAIRS: Pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _top(scores: np.ndarray, count: int) -> np.ndarray:
@@ -589,81 +619,96 @@ def _top(scores: np.ndarray, count: int) -> np.ndarray:
     return np.argpartition(-scores, count - 1)[:count]
 
 
-def _near_in_topic(corpus: Corpus, q: _Queries, live: np.ndarray) -> list[np.ndarray]:
-    """For each live query, the stories nearest to it by topic and theme."""
-    count, dense = corpus.rank.topic_candidates, q.dense[live]
-    if count <= 0:
-        return [np.zeros(0, np.int64)] * len(live)
-    if corpus.clusters is None:
-        pool = corpus.searchable
-        return list(pool[_top_rows(dense @ corpus.dense[pool].T, count)])
-    return corpus.clusters.nearest(dense, count)
+def _near_in_topic(corpus: Corpus, q: _Queries, live: np.ndarray) -> Pairs:
+    """Each live query with the stories nearest to it by topic and theme."""
+    count, pool = corpus.rank.topic_candidates, corpus.searchable
+    if count <= 0 or len(pool) > corpus.rank.topic_search_up_to or q.dense.shape[1] == 0:
+        return NO_PAIRS
+    closeness = q.dense[live] @ corpus.dense[pool].T
+    if len(pool) > count:
+        nearest = np.argpartition(-closeness, count - 1, axis=1)[:, :count]
+    else:
+        nearest = np.broadcast_to(np.arange(len(pool)), closeness.shape)
+    return np.repeat(live, nearest.shape[1]), pool[nearest.ravel()]
 
 
-RARE_WORK = 4_000_000  # stories looked at per sparse product: bounds its memory
+SEARCH_WORK = 4_000_000  # stories looked at per sparse product: bounds its memory
 
 
-def _sharing_rare_words(corpus: Corpus, q: _Queries, live: np.ndarray) -> list[np.ndarray]:
-    """For each live query, the stories with most weight on its ``rare_terms`` rarest words:
-    they find the rest of a story that the broad topic cannot tell from its neighbours."""
-    rank, sub = corpus.rank, q.words[live]
-    df = corpus.df[sub.indices].astype(np.float64)
-    df[df == 0] = np.inf  # a word no stored story has finds nothing
-    rows = np.repeat(np.arange(len(live)), np.diff(sub.indptr))
-    order = np.lexsort((df, rows))
-    place = np.arange(len(order)) - sub.indptr[rows[order]]
-    kept = np.sort(order[(place < rank.rare_terms) & np.isfinite(df[order])])
-    indptr = np.searchsorted(kept, sub.indptr)
-    rare = sp.csr_matrix((sub.data[kept], sub.indices[kept], indptr), shape=sub.shape)
-    work = np.cumsum(np.add.reduceat(np.r_[df[kept], 0.0], indptr[:-1]))
+def _sharing_key_words(corpus: Corpus, q: _Queries, live: np.ndarray) -> Pairs:
+    """Each live query with the stories that have most weight on its ``search_terms``
+    heaviest words. Those carry most of its TF-IDF cosine, so the stories found include
+    the rest of the same story, which the broad topic cannot tell from its neighbours."""
+    rank, words = corpus.rank, q.words[live]
+    common = corpus.df[words.indices] > rank.search_df_cap
+    if common.any():  # too common to search by; they still count in the score
+        words = words.copy()
+        words.data[common] = 0
+        words.eliminate_zeros()
+    heavy = _heaviest(words, rank.search_terms)
+    work = np.cumsum(np.add.reduceat(np.r_[corpus.df[heavy.indices], 0], heavy.indptr[:-1]))
+    queries: list[np.ndarray] = []
     found: list[np.ndarray] = []
-    while len(found) < len(live):
-        start = len(found)
-        end = max(start + 1, int(np.searchsorted(work, work[start] + RARE_WORK)))
-        hits = (rare[start:end] @ corpus.by_word).tocsr()
+    start = 0
+    while start < len(live):
+        end = max(start + 1, int(np.searchsorted(work, work[start] + SEARCH_WORK)))
+        hits = (heavy[start:end] @ corpus.by_word).tocsr()
         for i in range(hits.shape[0]):
             row = slice(hits.indptr[i], hits.indptr[i + 1])
-            found.append(hits.indices[row][_top(hits.data[row], rank.word_candidates)])
-    return found
+            best = hits.indices[row][_top(hits.data[row], rank.word_candidates)]
+            queries.append(np.full(len(best), live[start + i]))
+            found.append(best)
+        start = end
+    return np.concatenate(queries or [NO_PAIRS[0]]), np.concatenate(found or [NO_PAIRS[1]])
 
 
-def _candidates(corpus: Corpus, q: _Queries, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query, story) pairs worth an exact score, for the query rows in ``block``."""
+def _candidates(corpus: Corpus, q: _Queries, block: np.ndarray) -> Pairs:
+    """(query, story) pairs worth an exact score, for the query rows in ``block``, sorted."""
     live = block[np.diff(q.words.indptr)[block] > 0]  # a story with no known word has no list
     if len(live) == 0 or len(corpus.searchable) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pools = [
-        np.union1d(a, b)
-        for a, b in zip(
-            _near_in_topic(corpus, q, live), _sharing_rare_words(corpus, q, live), strict=True
-        )
-    ]
-    sizes = np.array([len(p) for p in pools])
-    return np.repeat(live, sizes), np.concatenate(pools).astype(np.int64)
+        return NO_PAIRS
+    by_topic, by_words = _near_in_topic(corpus, q, live), _sharing_key_words(corpus, q, live)
+    n = len(corpus)
+    codes = np.sort(np.r_[by_topic[0] * n + by_topic[1], by_words[0] * n + by_words[1]])
+    codes = codes[np.r_[True, codes[1:] != codes[:-1]][: len(codes)]]  # each pair once
+    return codes // n, codes % n
 
 
 WORD_BLOCK = 2**23  # query word weights spread out at once (32 MB of float32)
 
 
-def _word_scores(
-    corpus: Corpus, words: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray
-) -> np.ndarray:
-    """TF-IDF cosine of query ``rows[i]`` with stored story ``cands[i]``: a few queries'
-    weights spread out over the vocabulary, then looked up at each story's words."""
-    out = np.zeros(len(rows))
-    vocabulary = max(words.shape[1], 1)
-    step = max(1, WORD_BLOCK // vocabulary)
-    for first in range(0, words.shape[0], step):
-        mine = np.flatnonzero((rows >= first) & (rows < first + step))
-        if len(mine) == 0:
-            continue
-        spread = words[first : first + step].toarray().ravel()
-        theirs = corpus.words[cands[mine]]
-        lengths = np.diff(theirs.indptr)
-        at = np.repeat((rows[mine] - first) * vocabulary, lengths) + theirs.indices
-        products = np.r_[spread[at] * theirs.data, 0.0]
-        out[mine] = np.where(lengths > 0, np.add.reduceat(products, theirs.indptr[:-1]), 0.0)
-    return out
+class _Spread:
+    """Scratch space where a few queries' word weights are spread out over the vocabulary,
+    so that a story's words can look theirs up; cleared after each use, never reallocated."""
+
+    def __init__(self, vocabulary: int) -> None:
+        self.vocabulary = max(vocabulary, 1)
+        self.rows = max(1, WORD_BLOCK // self.vocabulary)
+        self.cells = np.zeros(self.rows * self.vocabulary, np.float32)
+
+    def word_scores(
+        self, corpus: Corpus, words: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray
+    ) -> np.ndarray:
+        """TF-IDF cosine of query ``rows[i]`` (a row of ``words``) with stored story
+        ``cands[i]``, which has at least one word; ``rows`` ascending."""
+        out = np.zeros(len(rows))
+        bounds = np.searchsorted(rows, np.arange(0, words.shape[0] + self.rows, self.rows))
+        for chunk, (a, b) in enumerate(itertools.pairwise(bounds)):
+            if a == b:
+                continue
+            first = chunk * self.rows
+            mine = words[first : first + self.rows]
+            owners = np.repeat(np.arange(mine.shape[0]), np.diff(mine.indptr))
+            places = owners * self.vocabulary + mine.indices
+            self.cells[places] = mine.data
+            theirs = corpus.words[cands[a:b]]
+            at = np.repeat((rows[a:b] - first) * self.vocabulary, np.diff(theirs.indptr))
+            at += theirs.indices
+            products = self.cells[at]
+            products *= theirs.data
+            out[a:b] = np.add.reduceat(products, theirs.indptr[:-1])
+            self.cells[places] = 0
+        return out
 
 
 def _boosted(
@@ -682,14 +727,14 @@ def _boosted(
         tags = rank.tag_boost * np.minimum(shared, rank.tag_boost_cap)
     add = rank.boost == "add"
     score = text + section + tags if add else text * (1 + section) * (1 + tags)
-    if rank.recency:
+    if rank.recency:  # a story of unknown date is taken as close in time
         gap = np.nan_to_num(np.abs(q.facets.days[rows] - corpus.facets.days[cands]), nan=0.0)
         score = score * (1 - rank.recency * (1 - 0.5 ** (gap / rank.recency_half_life_days)))
     return np.asarray(score, dtype=np.float64)
 
 
 def _lists(
-    corpus: Corpus, q: _Queries, block: np.ndarray, k: int, excluded: np.ndarray
+    corpus: Corpus, q: _Queries, block: np.ndarray, k: int, excluded: np.ndarray, spread: _Spread
 ) -> list[list[Related]]:
     """The lists of the query rows in ``block``, leaving out ``excluded`` (query * n + story)."""
     rows, cands = _candidates(corpus, q, block)
@@ -697,7 +742,8 @@ def _lists(
         keep = ~np.isin(rows * len(corpus) + cands, excluded)
         rows, cands = rows[keep], cands[keep]
     dense = np.einsum("ij,ij->i", q.dense[rows], corpus.dense[cands], dtype=np.float64)
-    text = corpus.rank.words * _word_scores(corpus, q.words, rows, cands) + dense
+    words = spread.word_scores(corpus, q.words[block[0] : block[-1] + 1], rows - block[0], cands)
+    text = corpus.rank.words * words + dense
     score = _boosted(text, corpus, q, rows, cands)
     ok = text > 0
     rows, cands, score = rows[ok], cands[ok], score[ok]
@@ -732,7 +778,7 @@ def iter_top_k(
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError("exclude must have one entry per query")
     q = _queries(corpus, queries, query_facets)
-    n, at = len(corpus), corpus.position
+    n, at, spread = len(corpus), corpus.position, _Spread(corpus.words.shape[1])
     for start in range(0, len(queries), block):
         rows = np.arange(start, min(start + block, len(queries)))
         if k <= 0 or n == 0:
@@ -740,7 +786,7 @@ def iter_top_k(
             continue
         mine = [(r, exclude[r]) for r in rows.tolist()] if exclude is not None else []
         excluded = [r * n + at[i] for r, ids in mine for i in ids if i in at]
-        yield _lists(corpus, q, rows, k, np.array(excluded, np.int64))
+        yield _lists(corpus, q, rows, k, np.array(excluded, np.int64), spread)
 
 
 def top_k(
@@ -758,13 +804,40 @@ def top_k(
     return [related for part in blocks for related in part]
 
 
-def related_all(corpus: Corpus, k: int, block: int = BLOCK) -> Iterator[list[list[Related]]]:
-    """Every stored story's list, never itself, a block at a time (a full rebuild)."""
-    q = _Queries(corpus.words, corpus.dense, corpus.facets)
+PARALLEL_FROM = 20_000  # stories: below this, starting processes costs more than it saves
+
+
+def related_all(
+    corpus: Corpus, k: int, block: int = BLOCK, n_jobs: int = 1
+) -> Iterator[list[list[Related]]]:
+    """Every stored story's list, never itself, a block at a time and in order (a full
+    rebuild); in ``n_jobs`` processes, which share the corpus's arrays through memory maps."""
     n = len(corpus)
-    for start in range(0, n, block):
-        rows = np.arange(start, min(start + block, n))
-        yield _lists(corpus, q, rows, k, rows * n + rows) if k > 0 else [[] for _ in rows]
+    if n_jobs == 1 or n < PARALLEL_FROM:
+        yield from _related_span(corpus, k, 0, n, block)
+        return
+    step = math.ceil(n / (4 * n_jobs) / block) * block
+    spans = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_related_span)(corpus, k, start, min(start + step, n), block)
+        for start in range(0, n, step)
+    )
+    for span in spans:
+        yield from span
+
+
+def _related_span(
+    corpus: Corpus, k: int, first: int, end: int, block: int
+) -> list[list[list[Related]]]:
+    q = _Queries(corpus.words, corpus.dense, corpus.facets)
+    n, spread = len(corpus), _Spread(corpus.words.shape[1])
+    blocks = []
+    for start in range(first, end, block):
+        rows = np.arange(start, min(start + block, end))
+        if k > 0:
+            blocks.append(_lists(corpus, q, rows, k, rows * n + rows, spread))
+        else:
+            blocks.append([[] for _ in rows])
+    return blocks
 
 
 def score_all(query: Vector, corpus: Corpus, facets: HasFacets | None = None) -> np.ndarray:
@@ -776,7 +849,7 @@ def score_all(query: Vector, corpus: Corpus, facets: HasFacets | None = None) ->
         return np.zeros(0)
     q = _queries(corpus, _one(query, corpus), None if facets is None else [facets])
     words = np.asarray((q.words @ corpus.by_word).todense(), dtype=np.float64).ravel()
-    text = corpus.rank.words * words + corpus.dense.astype(np.float64) @ q.dense[0]
+    text = corpus.rank.words * words + (corpus.dense @ q.dense[0]).astype(np.float64)
     score = _boosted(text, corpus, q, np.zeros(n, np.int64), np.arange(n))
     score[text <= 0] = -np.inf
     return score
