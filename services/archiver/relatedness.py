@@ -18,14 +18,15 @@ turned into a vector of three parts, each scored by a dot product between two ve
   lets in neighbours from the desk next door.
 
 The words carry three quarters of the score, so they decide the first places (a story's
-other half is first about as often as with words alone), and the topic and theme share
-the rest, enough to settle the lower places, where word overlap is thin and noisy.
-Either of the two alone keeps fewer of those places on the story's subject; more weight
-on them starts to push the rest of the story down. Word-and-bigram features were tried
-and left out: they spread a story's names over more features, so its halves found each
-other less often, for little gain in topic. Weighting the title, idf powers and centring
-the vectors moved nothing that mattered. The count of themes suits a paper with a
-handful of desks; one with many more may want more of them.
+other half comes first about as often as with words alone); the topic and theme share the
+rest, which settles the lower places, where word overlap is thin and noisy. The theme does
+most of that: the topic cosine alone lets in stories from the desk next door, but beside
+the theme it ranks stories within a desk. More weight on the two pushes the rest of the
+story down the list. Word-and-bigram features were tried and left out: they spread a
+story's names over more features, so its halves found each other less often, for little
+gain in topic. Weighting the title, idf powers and centring the vectors moved nothing that
+mattered. The count of themes suits a paper with a handful of desks; one with many more
+may want more of them.
 
 Two scores are only comparable under one fitted model: a model is refitted as the corpus
 grows, and every vector is made again with the new one. New articles are vectorised with

@@ -24,17 +24,17 @@ from shared.models import Channel
 from shared.runtime import Runtime
 
 SEND_TASK = "notifier.send"
-# How many senders a fan-out starts per channel; more than the processes x pool size of a
-# usual deployment, and a sender that finds nothing to claim ends at once.
-# Webhooks first: a few quick requests that should not wait behind a long mailing.
-SENDERS = {Channel.WEBHOOK: 2, Channel.EMAIL: 4}
+# How many senders a fan-out starts; more than the processes x pool size of a usual
+# deployment, and a sender that finds nothing to claim ends at once. Each sends both
+# channels in turn, so a few webhooks never wait behind a long mailing.
+SENDERS = {Channel.WEBHOOK: 1, Channel.EMAIL: 4}
 SEND_BUDGET_S = 240.0  # then it hands over to a fresh task, well inside the time limit
 
 
 def register(app: Celery, runtime: Runtime) -> None:
     def wake(channel: str) -> None:
         for _ in range(SENDERS[Channel(channel)]):
-            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
+            app.send_task(SEND_TASK, queue=NOTIFIER)
 
     consumer = Consumer(NOTIFIER, runtime, build_handlers(runtime, wake))
 
@@ -53,9 +53,10 @@ def register(app: Celery, runtime: Runtime) -> None:
         return consumer.consume_message(envelopes)  # wakes the senders of what it wrote
 
     @app.task(name=SEND_TASK, acks_late=True, ignore_result=True)
-    def send(channel: str) -> int:
+    def send(channel: str | None = None) -> int:
+        # Both channels in turn, whichever woke it (older messages name one channel).
         worker = sender(os.getpid())
-        attempted = worker.send_due(channel, budget=SEND_BUDGET_S)
+        attempted = worker.send_all(budget=SEND_BUDGET_S)
         if worker.out_of_time:  # there may be more: a fresh task carries on
-            app.send_task(SEND_TASK, args=[channel], queue=NOTIFIER)
+            app.send_task(SEND_TASK, queue=NOTIFIER)
         return attempted
