@@ -326,10 +326,18 @@ def dlq_list(consumer: str | None, show_all: bool) -> None:
         query = query.where(DeadLetter.consumer == consumer)
     if not show_all:
         query = query.where(DeadLetter.open())
+    from shared import ops
+
     with _runtime() as runtime, runtime.db.session() as session:
         letters = list(session.scalars(query))
-    if not letters:
+        deliveries = [] if consumer == "archiver" else ops.dead_deliveries(runtime.db)
+    if not letters and not deliveries:
         click.echo("no dead letters", err=True)
+    for d in deliveries:
+        click.echo(
+            f"delivery #{d.id} {d.channel} {d.kind} event={d.event_id} after {d.attempts}"
+            f" attempts\n    {d.last_error}"
+        )
     for letter in letters:
         replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
         if letter.discarded_at:
@@ -355,10 +363,18 @@ def dlq_discard(ids: tuple[int, ...], reason: str) -> None:
 @dlq.command("replay")
 @click.option("--consumer", type=click.Choice(["archiver", "notifier"]))
 @click.option("--id", "ids", type=int, multiple=True, help="Only these (repeatable).")
-def dlq_replay(consumer: str | None, ids: tuple[int, ...]) -> None:
-    """Send dead letters back to their consumer's queue (after the cause is fixed)."""
+@click.option("--deliveries", is_flag=True, help="Dead deliveries (emails, webhooks) instead.")
+def dlq_replay(consumer: str | None, ids: tuple[int, ...], deliveries: bool) -> None:
+    """Send dead letters back to their consumer's queue (after the cause is fixed), or with
+    --deliveries give dead deliveries a fresh schedule."""
     from shared import ops
     from shared.bus import CelerySender
+
+    if deliveries:
+        with _runtime() as runtime:
+            count = ops.replay_dead_deliveries(runtime.db, list(ids))
+        click.echo(f"scheduled {count} dead deliveries again")
+        return
 
     with _runtime(broker=True) as runtime, _broker_answers("the letters stay to replay"):
         sender = CelerySender(runtime.celery)

@@ -21,7 +21,7 @@ from shared.bus import CONSUMERS, ROUTES, CelerySender, Sender, send_in_messages
 from shared.celery import broker_lists
 from shared.db import Database, utcnow
 from shared.events import envelope_of, envelopes_in
-from shared.models import Channel, ConsumedEvent, DeadLetter, OutboxEvent
+from shared.models import Channel, ConsumedEvent, DeadLetter, Delivery, DeliveryStatus, OutboxEvent
 
 # kombu's Redis transport keeps taken-but-unacknowledged messages under these keys.
 log = logging.getLogger(__name__)
@@ -186,6 +186,33 @@ def replay_dead_letters(
             )
         raise
     return len(letters)
+
+
+def replay_dead_deliveries(db: Database, ids: list[int] | None = None) -> int:
+    """Give dead deliveries (out of attempts) a fresh schedule; returns how many. The
+    notifier's next send picks them up (beat's, within seconds)."""
+    query = update(Delivery).where(Delivery.status == DeliveryStatus.DEAD)
+    if ids:
+        query = query.where(Delivery.id.in_(ids))
+    with db.transaction() as session:
+        revived = session.scalars(
+            query.values(
+                status=DeliveryStatus.PENDING, attempts=0, due_at=utcnow(), leased_until=None
+            ).returning(Delivery.id)
+        ).all()
+    return len(revived)
+
+
+def dead_deliveries(db: Database, limit: int = 100) -> list[Delivery]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Delivery)
+                .where(Delivery.status == DeliveryStatus.DEAD)
+                .order_by(Delivery.id)
+                .limit(limit)
+            )
+        )
 
 
 def discard_dead_letters(

@@ -246,3 +246,32 @@ def test_a_retraction_cancels_what_was_not_sent(database, notifier, sink, receiv
     assert json.loads(request["body"])["type"] == "article.retracted"
     statuses = {d.kind: d.status for d in deliveries(database)}
     assert statuses == {"story": DeliveryStatus.CANCELLED, "retraction": DeliveryStatus.SENT}
+
+
+def test_a_dead_delivery_is_sent_again_by_dlq_replay(database, notifier, receiver, settings):
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, process_env
+
+    consumer, sender = notifier
+    sender.settings = replace(sender.settings, notify_retry_schedule=())
+    endpoint(database, f"{receiver.url}/flaky")
+    receiver.status["/flaky"] = 503
+    publish(database)
+    consumer.consume(outbox(database)[0])
+    sender.send_due("webhook")
+    assert [d.status for d in deliveries(database)] == [DeliveryStatus.DEAD]
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "dlq", "list"],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "delivery #" in listed.stdout and "webhook" in listed.stdout
+    replay = subprocess.run(
+        [sys.executable, "-m", "services.cli", "dlq", "replay", "--deliveries"],
+        cwd=ROOT, env=process_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "scheduled 1 dead deliveries again" in replay.stdout, replay.stderr
+    receiver.status["/flaky"] = 200  # the receiver is fixed
+    sender.send_due("webhook")
+    assert [d.status for d in deliveries(database)] == [DeliveryStatus.SENT]
