@@ -69,11 +69,13 @@ def run_sinks(smtp_port: int, http_port: int, stats: Path) -> None:
 
     mails: Counter[str] = Counter()
     hooks: Counter[str] = Counter()
+    counting = threading.Lock()  # the sinks' threads count while the writer reads
 
     class Sink:
         async def handle_DATA(self, server, session, envelope):
-            for rcpt in envelope.rcpt_tos:
-                mails[rcpt] += 1
+            with counting:
+                for rcpt in envelope.rcpt_tos:
+                    mails[rcpt] += 1
             return "250 OK"
 
     class Hook(BaseHTTPRequestHandler):
@@ -81,7 +83,8 @@ def run_sinks(smtp_port: int, http_port: int, stats: Path) -> None:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            hooks[self.path] += 1
+            with counting:
+                hooks[self.path] += 1
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -97,16 +100,18 @@ def run_sinks(smtp_port: int, http_port: int, stats: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def write() -> None:
+        with counting:
+            seen_mails, seen_hooks = Counter(mails), Counter(hooks)
         tmp = stats.with_suffix(".tmp")
         tmp.write_text(
             json.dumps(
                 {
-                    "mails": sum(mails.values()),
-                    "mail_recipients": len(mails),
-                    "mail_doubled": sum(n - 1 for n in mails.values() if n > 1),
-                    "hooks": sum(hooks.values()),
-                    "hook_targets": len(hooks),
-                    "hook_doubled": sum(n - 1 for n in hooks.values() if n > 1),
+                    "mails": sum(seen_mails.values()),
+                    "mail_recipients": len(seen_mails),
+                    "mail_doubled": sum(n - 1 for n in seen_mails.values() if n > 1),
+                    "hooks": sum(seen_hooks.values()),
+                    "hook_targets": len(seen_hooks),
+                    "hook_doubled": sum(n - 1 for n in seen_hooks.values() if n > 1),
                 }
             )
         )
