@@ -238,7 +238,7 @@ def related_rebuild() -> None:
             )
         engine = RelatedReads(runtime.db, runtime.settings)
         with click.progressbar(length=total, label="lists", file=sys.stderr) as bar:
-            built = engine.rebuild(progress=bar.update)
+            built = engine.rebuild(progress=bar.update, n_jobs=2)
     click.echo(f"rebuilt {built} lists", err=True)
 
 

@@ -370,9 +370,10 @@ class RelatedReads:
 
     # -- the full rebuild (and refit)
 
-    def rebuild(self, progress: Callable[[int], None] | None = None, n_jobs: int = 2) -> int:
+    def rebuild(self, progress: Callable[[int], None] | None = None, n_jobs: int = 1) -> int:
         """Fit a new model on every published story, make every vector and list with it,
-        and switch to it in one transaction; returns how many lists were built."""
+        and switch to it in one transaction; returns how many lists were built. ``n_jobs``
+        above 1 starts processes of its own: for the CLI, not inside a Celery pool process."""
         with self.db.session() as session:
             articles = list(
                 session.scalars(select(Article).where(has_status(S.PUBLISHED)).order_by(Article.id))

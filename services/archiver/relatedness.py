@@ -252,7 +252,7 @@ def vector_from_bytes(data: bytes) -> Vector:
 _Rows = TypeVar("_Rows", np.ndarray, sp.csr_matrix)
 
 
-def normalize(rows: _Rows) -> _Rows:
+def _unit_rows(rows: _Rows) -> _Rows:
     """Rows scaled to unit length (zero rows stay zero), also when there are none."""
     return rows if 0 in rows.shape else _normalize(rows)
 
@@ -330,7 +330,7 @@ def _heaviest(matrix: sp.csr_matrix, count: int) -> sp.csr_matrix:
 
 def _keep_top(words: sp.csr_matrix, terms: int) -> sp.csr_matrix:
     """Each row's ``terms`` heaviest words, rescaled to unit length."""
-    kept = normalize(_heaviest(words, terms)).astype(np.float32)
+    kept = _unit_rows(_heaviest(words, terms)).astype(np.float32)
     kept.sort_indices()
     return kept
 
@@ -378,7 +378,7 @@ class TextModel:
         words_only = cls(params, buckets, idf, np.zeros((0, len(buckets)), np.float32), _none())
         tfidf = words_only._tfidf(parts)
         axes = _topic_axes(tfidf, params.dims)
-        topics = normalize(tfidf @ axes.T).astype(np.float32)
+        topics = _unit_rows(tfidf @ axes.T).astype(np.float32)
         model = cls(params, buckets, idf, axes, _themes(topics, params.themes), n)
         return model, model._vectors(tfidf, topics)
 
@@ -401,7 +401,7 @@ class TextModel:
 
     def transform(self, docs: Iterable[HasText], n_jobs: int = 1) -> Vectors:
         tfidf = self._tfidf(_counts(docs, self.params, n_jobs))
-        return self._vectors(tfidf, normalize(tfidf @ self.axes.T).astype(np.float32))
+        return self._vectors(tfidf, _unit_rows(tfidf @ self.axes.T).astype(np.float32))
 
     def _tfidf(self, parts: list[sp.csr_matrix]) -> sp.csr_matrix:
         """Sublinear TF-IDF of the kept words, rows of unit length; ``parts`` is emptied as
@@ -422,7 +422,7 @@ class TextModel:
         shape = (counts.shape[0], len(self.buckets))
         tfidf = sp.csr_matrix((values.astype(np.float32), mapped, indptr), shape=shape)
         tfidf.sort_indices()
-        return normalize(tfidf).astype(np.float32)
+        return _unit_rows(tfidf).astype(np.float32)
 
     def _vectors(self, tfidf: sp.csr_matrix, topics: np.ndarray) -> Vectors:
         themes = np.zeros((topics.shape[0], self.centroids.shape[0]), np.float32)
@@ -430,7 +430,7 @@ class TextModel:
             signal = np.abs(topics).sum(axis=1) > 0
             logits = topics[signal] @ self.centroids.T / self.params.theme_temperature
             logits -= logits.max(axis=1, keepdims=True)
-            themes[signal] = normalize(np.exp(logits))
+            themes[signal] = _unit_rows(np.exp(logits))
         words = _keep_top(tfidf, self.params.terms)
         return Vectors(np.hstack([topics, themes]), words, self.axes.shape[0])
 

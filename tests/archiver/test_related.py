@@ -138,7 +138,13 @@ def test_the_reader_page_links_also_read_between_paragraphs(client, database, co
 
 @pytest.mark.parametrize(
     "text",
-    ["", "word", "经济增长放缓，央行宣布降息。" * 20, "مرحبا بالعالم " * 30, "words and more words " * 23_000],
+    [
+        "",
+        "word",
+        "经济增长放缓央行宣布降息" * 20,  # Chinese
+        "مرحبا بالعالم " * 30,  # Arabic
+        "words and more words " * 23_000,  # about 480 KB
+    ],
 )
 def test_odd_bodies_still_get_a_list_and_nothing_breaks(
     client, editor, database, engine, corpus, text
