@@ -212,16 +212,14 @@ class Sender:
 
     # -- email
 
-    def _send_emails(self, batch: Batch) -> None:
+    def _destinations(self, model: Any, batch: Batch) -> dict[str, Any]:
+        """The batch's subscriptions or endpoints, by id, read once."""
+        wanted = {row.destination_id for row in batch.rows}
         with self.db.session() as session:
-            subscribers = {
-                s.id: s
-                for s in session.scalars(
-                    select(Subscription).where(
-                        Subscription.id.in_({row.destination_id for row in batch.rows})
-                    )
-                )
-            }
+            return {d.id: d for d in session.scalars(select(model).where(model.id.in_(wanted)))}
+
+    def _send_emails(self, batch: Batch) -> None:
+        subscribers = self._destinations(Subscription, batch)
         with self.mailer.open() as send:
             for row in self._held(batch):
                 subscriber = subscribers.get(row.destination_id)
@@ -283,15 +281,7 @@ class Sender:
     # -- webhooks
 
     def _send_webhooks(self, batch: Batch) -> None:
-        with self.db.session() as session:
-            endpoints = {
-                e.id: e
-                for e in session.scalars(
-                    select(WebhookEndpoint).where(
-                        WebhookEndpoint.id.in_({row.destination_id for row in batch.rows})
-                    )
-                )
-            }
+        endpoints = self._destinations(WebhookEndpoint, batch)
         with self.webhooks.open() as deliver:
             for row in self._held(batch):
                 endpoint = endpoints.get(row.destination_id)
