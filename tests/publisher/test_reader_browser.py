@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from werkzeug.serving import make_server
-
+from tests.publisher.browser import ARTIFACTS, BROWSER_TESTS, launch
 from tests.publisher.helpers import article
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 BANNER = "This content has been archived. It may no longer be relevant."
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="no Chromium at /usr/lib/chromium/chromium (apt-get install chromium; CI does)",
-    ),
-]
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+pytestmark = BROWSER_TESTS
 
 
 def test_banner_is_visible_only_on_the_archived_story(client, editor, live_server):
@@ -49,14 +25,7 @@ def test_banner_is_visible_only_on_the_archived_story(client, editor, live_serve
     ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            ],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             tab = browser.new_page(viewport={"width": 1000, "height": 800})
             tab.goto(f"{live_server}/articles/{old['slug']}")

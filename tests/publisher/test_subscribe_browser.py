@@ -3,38 +3,14 @@ confirmation link and leaves with the unsubscribe button: no JavaScript needed a
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from shared.models import Subscription
 from shared.subscriber_tokens import CONFIRM, UNSUBSCRIBE, make_token
+from tests.publisher.browser import ARTIFACTS, BROWSER_TESTS, launch
 from tests.publisher.helpers import article
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="no Chromium at /usr/lib/chromium/chromium (apt-get install chromium; CI does)",
-    ),
-]
-
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+pytestmark = BROWSER_TESTS
 
 
 def the_subscription(database) -> Subscription:  # type: ignore[no-untyped-def]
@@ -56,14 +32,7 @@ def test_subscribe_confirm_and_unsubscribe_in_a_browser(
     ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            ],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             context = browser.new_context(java_script_enabled=False)  # the forms work without
             tab = context.new_page()
