@@ -88,10 +88,8 @@ class Cache:
         for row in rows:
             self.seq = max(self.seq, row.seq)
             self.added.pop(row.article_id, None)
-            if row.vector is None:
-                self.removed.add(row.article_id)
-            else:
-                self.removed.add(row.article_id)  # the base's copy, if any, is stale
+            self.removed.add(row.article_id)  # the base's copy, if any, is stale
+            if row.vector is not None:
                 self.added[row.article_id] = engine.vector_from_bytes(row.vector)
             self._delta = None
 
