@@ -112,7 +112,8 @@ class RelatedReads:
 
     def recompute_many(self, article_ids: Sequence[str]) -> None:
         """The same for several stories: those no longer listed leave together (an archive
-        sweep's thousands of events), then each listed one is placed in turn."""
+        sweep's thousands of events), then the listed ones are placed together (a burst of
+        publications: one pass over the corpus each, one transaction for all)."""
         cache = self._ready()
         if cache is None:
             return  # no model yet: the rebuild job makes one
@@ -124,8 +125,8 @@ class RelatedReads:
         gone = [i for i in article_ids if i not in listed]
         if gone:
             self.rewrite(self._remove(cache, gone))
-        for article_id in listed:
-            self._place(cache, articles[article_id])
+        if listed:
+            self._place(cache, [articles[i] for i in listed])
 
     def _remove(self, cache: Cache, article_ids: Sequence[str]) -> set[str]:
         """Take stories out of every list; returns the lists to backfill."""
@@ -147,13 +148,16 @@ class RelatedReads:
             session.execute(delete(RelatedItem).where(RelatedItem.article_id.in_(article_ids)))
         return owners - set(article_ids)
 
-    def _place(self, cache: Cache, article: Article) -> None:
+    def _place(self, cache: Cache, articles: Sequence[Article]) -> None:
+        ids = [a.id for a in articles]
         with self.db.transaction() as session:
-            was_in = self._owners_listing(session, article.id)
-            vector = cache.model.transform([article]).row(0)
-            self._store_vector(session, cache.model_id, article.id, vector)
+            was_in = self._owners_listing(session, ids)
+            vectors = cache.model.transform(articles)
+            self._store_vectors(
+                session, cache.model_id, [(i, vectors.row(n)) for n, i in enumerate(ids)]
+            )
         cache = self._refreshed()
-        self.rewrite(was_in | {article.id} | self._lists_it_now_enters(cache, article.id))
+        self.rewrite(was_in | set(ids) | self._lists_they_now_enter(cache, ids))
 
     def rewrite(self, owners: Iterable[str]) -> int:
         """Compute and store the lists of ``owners`` (each locked while written)."""
@@ -217,22 +221,25 @@ class RelatedReads:
             lists.append(items[: max(self.k, len(pins))])
         return lists
 
-    def _lists_it_now_enters(self, cache: Cache, article_id: str) -> set[str]:
-        """The lists whose last place ``article_id`` now beats, or that are not full."""
+    def _lists_they_now_enter(self, cache: Cache, article_ids: Sequence[str]) -> set[str]:
+        """The lists whose last place one of ``article_ids`` now beats, or that are not full."""
         with self.db.session() as session:
-            vector = self._vectors_of(session, cache, [article_id])[article_id]
-            facets = cache.facets.get(article_id)
-            scored: list[tuple[float, str]] = []
-            for corpus, ids in self._corpora(cache):
-                scores = engine.score_all(vector, corpus, facets)
-                top = np.argsort(-scores)[:OWNER_CANDIDATES]
-                scored += [(float(scores[i]), ids[i]) for i in top if np.isfinite(scores[i])]
+            vectors = self._vectors_of(session, cache, article_ids)
             live = cache.live()
-            scored = sorted((s, i) for s, i in scored if i != article_id and i in live)
-            scored = scored[-OWNER_CANDIDATES:]
-            if not scored:
+            candidates: dict[str, float] = {}  # a list owner: the best new score it saw
+            for article_id in article_ids:
+                scored: list[tuple[float, str]] = []
+                for corpus, ids in self._corpora(cache):
+                    scores = engine.score_all(
+                        vectors[article_id], corpus, cache.facets.get(article_id)
+                    )
+                    top = np.argsort(-scores)[:OWNER_CANDIDATES]
+                    scored += [(float(scores[i]), ids[i]) for i in top if np.isfinite(scores[i])]
+                scored = sorted((s, i) for s, i in scored if i != article_id and i in live)
+                for score, owner in scored[-OWNER_CANDIDATES:]:
+                    candidates[owner] = max(score, candidates.get(owner, score))
+            if not candidates:
                 return set()
-            candidates = {i: s for s, i in scored}
             last = dict(
                 session.execute(
                     select(RelatedItem.article_id, func.min(RelatedItem.score))
@@ -281,25 +288,36 @@ class RelatedReads:
     # -- storage
 
     @staticmethod
-    def _store_vector(
-        session: Session, model_id: int, article_id: str, vector: engine.Vector | None
+    def _store_vectors(
+        session: Session, model_id: int, vectors: Sequence[tuple[str, engine.Vector | None]]
     ) -> None:
-        data = None if vector is None else engine.vector_to_bytes(vector)
+        if not vectors:
+            return
         statement = postgresql.insert(ArticleVector).values(
-            model_id=model_id, article_id=article_id, vector=data
+            [
+                {
+                    "model_id": model_id,
+                    "article_id": article_id,
+                    "vector": None if vector is None else engine.vector_to_bytes(vector),
+                }
+                for article_id, vector in vectors
+            ]
         )
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=[ArticleVector.model_id, ArticleVector.article_id],
-                set_={"vector": data, "seq": func.nextval("article_vectors_seq")},
+                set_={
+                    "vector": statement.excluded.vector,
+                    "seq": func.nextval("article_vectors_seq"),
+                },
             )
         )
 
     @staticmethod
-    def _owners_listing(session: Session, article_id: str) -> set[str]:
+    def _owners_listing(session: Session, article_ids: Sequence[str]) -> set[str]:
         return set(
             session.scalars(
-                select(RelatedItem.article_id).where(RelatedItem.related_id == article_id)
+                select(RelatedItem.article_id).where(RelatedItem.related_id.in_(article_ids))
             )
         )
 

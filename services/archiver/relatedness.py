@@ -682,9 +682,9 @@ class _Spread:
     """Scratch space where a few queries' word weights are spread out over the vocabulary,
     so that a story's words can look theirs up; cleared after each use, never reallocated."""
 
-    def __init__(self, vocabulary: int) -> None:
+    def __init__(self, vocabulary: int, queries: int) -> None:
         self.vocabulary = max(vocabulary, 1)
-        self.rows = max(1, WORD_BLOCK // self.vocabulary)
+        self.rows = max(1, min(queries, WORD_BLOCK // self.vocabulary))  # one story: one row
         self.cells = np.zeros(self.rows * self.vocabulary, np.float32)
 
     def word_scores(
@@ -779,7 +779,8 @@ def iter_top_k(
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError("exclude must have one entry per query")
     q = _queries(corpus, queries, query_facets)
-    n, at, spread = len(corpus), corpus.position, _Spread(corpus.words.shape[1])
+    n, at = len(corpus), corpus.position
+    spread = _Spread(corpus.words.shape[1], min(block, len(queries)))
     for start in range(0, len(queries), block):
         rows = np.arange(start, min(start + block, len(queries)))
         if k <= 0 or n == 0:
@@ -830,7 +831,7 @@ def _related_span(
     corpus: Corpus, k: int, first: int, end: int, block: int
 ) -> list[list[list[Related]]]:
     q = _Queries(corpus.words, corpus.dense, corpus.facets)
-    n, spread = len(corpus), _Spread(corpus.words.shape[1])
+    n, spread = len(corpus), _Spread(corpus.words.shape[1], min(block, end - first))
     blocks = []
     for start in range(first, end, block):
         rows = np.arange(start, min(start + block, end))
