@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -143,17 +143,27 @@ def claim(
     return [Claimed(*row) for row in rows]
 
 
-def finish(db: Database, work: Claimed) -> None:
-    """The run is done: delete the row, unless it was asked for again meanwhile."""
+def finish(db: Database, *done: Claimed) -> None:
+    """The runs are done: delete their rows, except those asked for again meanwhile, which
+    are due again at once with their attempts afresh. One transaction for them all."""
+    if not done:
+        return
     with db.transaction() as session:
-        gone = session.execute(
-            delete(DueWork)
-            .where(DueWork.id == work.id, DueWork.generation == work.generation)
-            .returning(DueWork.id)
-        ).first()
-        if not gone:  # asked for again while it ran: due at once, attempts afresh
+        gone = set(
+            session.scalars(
+                delete(DueWork)
+                .where(
+                    tuple_(DueWork.id, DueWork.generation).in_(
+                        [(work.id, work.generation) for work in done]
+                    )
+                )
+                .returning(DueWork.id)
+            )
+        )
+        again = [work.id for work in done if work.id not in gone]
+        if again:
             session.execute(
-                update(DueWork).where(DueWork.id == work.id).values(leased_until=None, attempts=0)
+                update(DueWork).where(DueWork.id.in_(again)).values(leased_until=None, attempts=0)
             )
 
 
@@ -249,8 +259,7 @@ def run_due_batches(
             for work in claimed:
                 finished += _run_one(db, work, lambda w: handler([w]), backoff)
             continue
-        for work in claimed:
-            finish(db, work)
+        finish(db, *claimed)
         finished += len(claimed)
     return finished
 
