@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -109,7 +110,7 @@ def json_elements(name: str, type_: Any = None) -> Select[Any]:
     return select(cast(value, type_) if type_ is not None else value)
 
 
-def make_engine(url: str, **kwargs: object) -> Engine:
+def make_engine(url: str | URL, **kwargs: object) -> Engine:
     """An engine on a PostgreSQL URL; pooled connections idle for a while are tested first."""
     kwargs.setdefault("connect_args", {"connect_timeout": 3})
     kwargs.setdefault("hide_parameters", True)  # a failed statement's values stay out of logs

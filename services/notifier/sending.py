@@ -7,9 +7,10 @@ is sent: a worker killed mid-batch leaves every message it sent marked sent, and
 due again when the lease runs out. The one message that can go twice is the one the
 server accepted in the instant before its worker died, before that commit.
 
-Those commits skip waiting for the WAL to reach disk (``synchronous_commit = off``): a
-worker that dies loses nothing by it, only a crash of PostgreSQL itself could forget the
-last fraction of a second of outcomes (and then resend those messages).
+Each outcome is one statement, committed on its own without waiting for the WAL to reach
+disk (``synchronous_commit = off``): a worker that dies loses nothing by it, only a crash of
+PostgreSQL itself could forget the last fraction of a second of outcomes (and then resend
+those messages).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Engine, insert, literal, select, update
 
 from services.notifier.channels.email import (
     Letterhead,
@@ -35,7 +37,7 @@ from services.notifier.channels.email import (
 from services.notifier.channels.webhook import Verdict, WebhookMessage, WebhookTransport
 from shared import subscriber_tokens as tokens
 from shared.config import Settings
-from shared.db import Database, utcnow
+from shared.db import Database, make_engine, utcnow
 from shared.errors import PermanentError
 from shared.events import envelope_of
 from shared.models import (
@@ -54,6 +56,7 @@ from shared.work import lease_due, retry_delay
 log = logging.getLogger(__name__)
 
 BATCH = 200
+WEBHOOK_CONCURRENCY = 16  # POSTs in flight per sender
 ROTATION_OVERLAP = timedelta(hours=24)
 
 
@@ -99,19 +102,19 @@ class Sender:
         self.clock = clock
         self.letterhead = Letterhead(settings.mail_from, settings.public_base_url)
         self.out_of_time = False  # the last send_due stopped at its budget
+        self._outcomes = outcome_engine(db)
 
     def send_all(self, budget: float | None = None, batch: int = BATCH) -> int:
-        """Both channels, a batch of each in turn, until neither has anything due: a few
-        webhooks never wait behind a mailing of a hundred thousand."""
+        """Both channels until neither has anything due, webhooks first: a batch of emails
+        goes only when no webhook is due, so a few webhooks never wait behind a mailing of
+        a hundred thousand (nor a thousand endpoints behind it, a batch at a time)."""
         started, attempts = time.monotonic(), 0
         self.out_of_time = False
         while True:
             if budget is not None and time.monotonic() - started >= budget:
                 self.out_of_time = True
                 return attempts
-            sent = sum(
-                self._one_batch(channel, batch) for channel in (Channel.WEBHOOK, Channel.EMAIL)
-            )
+            sent = self._one_batch(Channel.WEBHOOK, batch) or self._one_batch(Channel.EMAIL, batch)
             if not sent:
                 return attempts
             attempts += sent
@@ -281,8 +284,15 @@ class Sender:
     # -- webhooks
 
     def _send_webhooks(self, batch: Batch) -> None:
+        """Up to ``WEBHOOK_CONCURRENCY`` POSTs in flight, so one slow receiver (the timeout
+        is 15 s) holds up one slot, not the batch; outcomes are recorded here as they come,
+        and a row is taken from the batch only when a slot is free (its lease still ours)."""
         endpoints = self._destinations(WebhookEndpoint, batch)
-        with self.webhooks.open() as deliver:
+        with (
+            self.webhooks.open() as deliver,
+            ThreadPoolExecutor(WEBHOOK_CONCURRENCY, thread_name_prefix="webhook") as pool,
+        ):
+            in_flight: dict[Future[Any], tuple[Any, WebhookEndpoint]] = {}
             for row in self._held(batch):
                 endpoint = endpoints.get(row.destination_id)
                 body = row.payload if row.payload is not None else batch.events.get(row.event_id)
@@ -296,15 +306,23 @@ class Sender:
                     body=json.dumps(body, separators=(",", ":")).encode(),
                     secrets=self._secrets(endpoint),
                 )
-                result = deliver(message)
-                outcome = Outcome(
-                    result.verdict,
-                    result.error,
-                    result.status_code,
-                    result.elapsed_ms,
-                    result.retry_after,
-                )
-                self._record(row, outcome, endpoint=endpoint)
+                in_flight[pool.submit(deliver, message)] = (row, endpoint)
+                if len(in_flight) >= WEBHOOK_CONCURRENCY:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    self._record_webhooks(in_flight, done)
+            self._record_webhooks(in_flight, list(in_flight))
+
+    def _record_webhooks(
+        self, in_flight: dict[Future[Any], tuple[Any, WebhookEndpoint]], done: Iterable[Future[Any]]
+    ) -> None:
+        for future in done:
+            row, endpoint = in_flight.pop(future)
+            result = future.result()  # the transport answers every failure with an outcome
+            outcome = Outcome(
+                result.verdict, result.error, result.status_code, result.elapsed_ms,
+                result.retry_after,
+            )  # fmt: skip
+            self._record(row, outcome, endpoint=endpoint)
 
     def _secrets(self, endpoint: WebhookEndpoint) -> tuple[str, ...]:
         now = self.clock()
@@ -324,7 +342,8 @@ class Sender:
         cancel: bool = False,
         endpoint: WebhookEndpoint | None = None,
     ) -> None:
-        """Commit what one attempt came to, before the next message goes."""
+        """Commit what one attempt came to, before the next message goes: one statement,
+        committed on its own (see :func:`outcome_engine`)."""
         now = self.clock()
         values: dict[str, Any] = {"leased_until": None, "last_error": outcome.error}
         if cancel:
@@ -340,22 +359,28 @@ class Sender:
                 values["due_at"] = now + timedelta(seconds=delay)
         else:
             values["status"] = DeliveryStatus.FAILED
-        with self.db.transaction() as session:
-            session.execute(text("SET LOCAL synchronous_commit = off"))
-            session.execute(update(Delivery).where(Delivery.id == row.id).values(**values))
-            if not cancel:
-                session.execute(
-                    insert(DeliveryAttempt).values(
-                        delivery_id=row.id,
-                        at=now,
-                        outcome=outcome.verdict.value,
-                        status_code=outcome.status_code,
-                        error=(outcome.error or None) and outcome.error[:1000],
-                        elapsed_ms=outcome.elapsed_ms,
-                    )
-                )
+        moved: Any = update(Delivery).where(Delivery.id == row.id).values(**values)
+        if not cancel:  # the attempt is written by the same statement: one round trip
+            moved_cte = moved.returning(Delivery.id).cte("moved")
+            attempt = {
+                "at": now,
+                "outcome": outcome.verdict.value,
+                "status_code": outcome.status_code,
+                "error": (outcome.error or None) and outcome.error[:1000],
+                "elapsed_ms": outcome.elapsed_ms,
+            }
+            columns = [DeliveryAttempt.__table__.c[name] for name in attempt]
+            moved = insert(DeliveryAttempt).from_select(
+                ["delivery_id", *attempt],
+                select(
+                    moved_cte.c.id,
+                    *(literal(v, c.type) for v, c in zip(attempt.values(), columns, strict=True)),
+                ),
+            )
+        with self._outcomes.connect() as connection:
+            connection.execute(moved)
             if endpoint is not None:
-                _track_endpoint(session, endpoint, outcome, now, self._disable_after)
+                _track_endpoint(connection, endpoint, outcome, now, self._disable_after)
         if values.get("status") == DeliveryStatus.DEAD:
             log.warning(
                 "delivery %s is dead after %d attempts: %s", row.id, row.attempts, outcome.error
@@ -364,6 +389,17 @@ class Sender:
     @property
     def _disable_after(self) -> timedelta:
         return timedelta(days=self.settings.webhook_disable_after_days)
+
+
+def outcome_engine(db: Database) -> Engine:
+    """Connections to ``db``'s server on which each statement commits on its own, without
+    waiting for the WAL to reach disk: a delivery's outcome is one round trip."""
+    return make_engine(
+        db.engine.url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=1,
+        connect_args={"connect_timeout": 3, "options": "-c synchronous_commit=off"},
+    )
 
 
 def _track_endpoint(
