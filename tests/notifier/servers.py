@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -64,6 +64,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.status: dict[str, int] = {}
+        self.before_answer: dict[str, Callable[[], None]] = {}  # path -> run first (a slow reply)
         self.lock = threading.Lock()
         receiver = self
 
@@ -74,6 +75,8 @@ class Receiver:
                     receiver.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
+                if (hold := receiver.before_answer.get(self.path)) is not None:
+                    hold()
                 self.send_response(receiver.status.get(self.path, 200))
                 self.send_header("Content-Length", "0")
                 self.end_headers()

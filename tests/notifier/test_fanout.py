@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -154,6 +155,37 @@ def test_a_webhook_gets_the_signed_envelope_with_a_stable_id(database, notifier,
     verify(secret, request["headers"], request["body"])  # raises if the signature is wrong
     assert request["headers"]["webhook-id"] == event["id"]
     assert json.loads(request["body"])["type"] == "article.published"
+
+
+def test_a_slow_receiver_does_not_hold_up_the_other_endpoints(database, notifier, receiver):
+    consumer, sender = notifier
+    endpoint(database, f"{receiver.url}/slow")
+    for n in range(5):
+        endpoint(database, f"{receiver.url}/fast-{n}")
+    others_arrived = []
+
+    def answer_once_the_others_have() -> (
+        None
+    ):  # or give up after 10 s, as a sequential sender makes it
+        others_arrived.append(
+            wait_for(lambda: sum(r["path"].startswith("/fast") for r in receiver.requests) == 5)
+        )
+
+    receiver.before_answer["/slow"] = answer_once_the_others_have
+    publish(database)
+    consumer.consume(outbox(database)[0])
+    assert sender.send_due("webhook") == 6
+    assert others_arrived == [True]
+    assert [row.status for row in deliveries(database)] == [DeliveryStatus.SENT] * 6
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_a_failing_endpoint_is_retried_on_schedule_then_dead(database, notifier, receiver):

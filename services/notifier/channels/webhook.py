@@ -45,6 +45,7 @@ from shared.webhooks import (
 TIMEOUT_S = 15.0
 USER_AGENT = "Pressroom-Webhooks/1"
 MAX_RETRY_AFTER_S = 86_400.0  # a receiver cannot park a delivery for longer than a day
+MAX_CONNECTIONS = 64  # per batch's client: more than the POSTs a sender has in flight
 RESPONSE_READ_LIMIT = 64 * 1024  # read this much of a reply so the connection can be reused
 
 # Delivery
@@ -165,6 +166,7 @@ class _CheckedTransport(httpx.HTTPTransport):
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             network_backend=backend,
+            max_connections=MAX_CONNECTIONS,
         )
 
 
