@@ -1,8 +1,9 @@
 """What the archiver does with each event type, built from the worker's runtime.
 
 Every article event asks for its related reads to be recomputed: a due-work row, written
-in the ledger transaction (a burst of edits to one story asks once), run right after the
-commit by the same task, and by beat's periodic run if that is cut short.
+in the ledger transaction (a burst of edits to one story asks once). Right after the commit
+the same task runs one batch of what is due, oldest first; beat's periodic run takes what is
+left, so a backlog never keeps the next message's events from their ledger.
 """
 
 from __future__ import annotations

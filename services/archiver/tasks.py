@@ -22,13 +22,18 @@ def register(app: Celery, runtime: Runtime) -> None:
     def related(pid: int) -> RelatedReads:  # one cache per pool process
         return RelatedReads(runtime.db, runtime.settings)
 
-    def run_related() -> int:
+    def run_related(rounds: int | None = None) -> int:
         engine = related(os.getpid())
         return work.run_due_batches(
-            runtime.db, JOB, lambda jobs: engine.recompute_many([job.key for job in jobs])
+            runtime.db,
+            JOB,
+            lambda jobs: engine.recompute_many([job.key for job in jobs]),
+            rounds=rounds,
         )
 
-    consumer = Consumer(ARCHIVER, runtime, build_handlers(run_related))
+    # After each message's commit, one batch: the next message's events wait behind that
+    # much and no more, while beat's related-due runs whatever is left.
+    consumer = Consumer(ARCHIVER, runtime, build_handlers(lambda: run_related(rounds=1)))
 
     @app.task(name=consumer_task(ARCHIVER), **CONSUMER_TASK_OPTIONS)
     def consume(envelopes: list[dict] | dict) -> list[str]:

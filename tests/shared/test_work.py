@@ -111,3 +111,52 @@ def test_work_a_dead_worker_held_is_due_again_when_its_lease_runs_out(database):
     later = utcnow() + timedelta(seconds=61)
     [again] = work.claim(database, "recompute", 10, lease=60, now=later)
     assert again.key == held.key and again.attempts == 2
+
+
+def test_batches_run_together_and_a_row_asked_for_again_meanwhile_stays(database):
+    for n in range(5):
+        ask(database, key=f"a{n}")
+    batches: list[list[str]] = []
+
+    def handler(claimed: list[work.Claimed]) -> None:
+        batches.append(sorted(c.key for c in claimed))
+        if len(batches) == 1:
+            ask(database, key="a3")  # edited while its batch ran
+
+    assert work.run_due_batches(database, "recompute", handler, batch=10) == 6
+    assert batches == [["a0", "a1", "a2", "a3", "a4"], ["a3"]]
+    with database.session() as session:
+        assert session.scalars(select(DueWork)).all() == []
+
+
+def test_a_bounded_run_leaves_the_rest_due_for_the_next_caller(database):
+    for n in range(5):
+        ask(database, key=f"a{n}")
+    done: list[str] = []
+
+    def handler(claimed: list[work.Claimed]) -> None:
+        done.extend(c.key for c in claimed)
+
+    assert work.run_due_batches(database, "recompute", handler, batch=2, rounds=1) == 2
+    with database.session() as session:
+        waiting = session.scalars(select(DueWork.key).where(DueWork.leased_until.is_(None)))
+        assert sorted(waiting) == sorted({f"a{n}" for n in range(5)} - set(done))
+    assert work.run_due_batches(database, "recompute", handler, batch=2) == 3
+    assert sorted(done) == [f"a{n}" for n in range(5)]
+
+
+def test_a_failing_batch_is_run_one_by_one_so_only_the_bad_row_waits(database):
+    for key in ("good1", "bad", "good2"):
+        ask(database, key=key)
+    done: list[str] = []
+
+    def handler(claimed: list[work.Claimed]) -> None:
+        if any(c.key == "bad" for c in claimed):
+            raise RuntimeError("cannot compute this one")
+        done.extend(c.key for c in claimed)
+
+    assert work.run_due_batches(database, "recompute", handler, backoff=[60]) == 2
+    assert sorted(done) == ["good1", "good2"]
+    with database.session() as session:
+        [row] = session.scalars(select(DueWork)).all()
+    assert row.key == "bad" and row.due_at > utcnow() + timedelta(seconds=50)
