@@ -124,9 +124,12 @@ class RelayService:
                 # Woken by the first notification (the rest fold into the next pass), or
                 # at the latest after a sweep's interval, in case one was missed.
                 timeout = max(0.05, min(wait, self.sweep_every))
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    if linger := linger_after(previous):
-                        time.sleep(linger)  # transactions committing now join this pass
+                woken = sum(1 for _ in conn.notifies(timeout=timeout, stop_after=1))
+                # The generator is spent before the linger: sleeping inside it (between its
+                # yields) lost the wake-ups of commits made meanwhile, and a relay under a
+                # steady stream slept until the sweep's timeout with hundreds pending.
+                if woken and (linger := linger_after(previous)):
+                    time.sleep(linger)  # transactions committing now join this pass
 
     def _conninfo(self) -> str:
         """The database URL as libpq takes it (no SQLAlchemy driver suffix)."""

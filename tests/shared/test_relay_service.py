@@ -55,6 +55,28 @@ def test_a_commit_wakes_the_relay_at_once(database, redis_url, running_relay):
     assert [m["envelope"]["subject"] for m in queued(redis_url, "archiver")] == [article_id]
 
 
+def test_a_steady_stream_of_commits_keeps_waking_the_relay(database, redis_url, running_relay):
+    published: list[str] = []
+
+    def editor(n: int) -> None:  # four at once: the relay's passes send several each
+        for m in range(50):
+            published.append(publish(database, f"Story {n}-{m}"))
+            time.sleep(0.01)
+
+    editors = [threading.Thread(target=editor, args=(n,)) for n in range(4)]
+    for thread in editors:
+        thread.start()
+    for thread in editors:
+        thread.join()
+    # Each within seconds, not at the 60 s sweep.
+    assert wait_for(lambda: len(queued_events(redis_url, "archiver")) == 200, 5, 0.05)
+    assert sorted(queued_events(redis_url, "archiver")) == sorted(published)
+
+
+def queued_events(redis_url: str, queue: str) -> list[str]:
+    return [message["envelope"]["subject"] for message in queued(redis_url, queue)]
+
+
 def test_a_scheduled_story_goes_out_with_no_worker_running(database, redis_url, running_relay):
     with database.transaction() as session:
         session.add(Article(slug="later", title="Later", status=S.SCHEDULED, publish_at=utcnow()))
