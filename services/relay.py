@@ -20,11 +20,11 @@ from datetime import timedelta
 
 import psycopg
 import redis
-from sqlalchemy.engine import make_url
 
 from shared import lifecycle, redelivery
 from shared.bus import CelerySender
 from shared.celery import broker_lists
+from shared.db import libpq_conninfo
 from shared.relay import CHANNEL, Relay
 from shared.runtime import Runtime
 
@@ -111,7 +111,9 @@ class RelayService:
                 backoff = 0.5
 
     def _listen(self, stop: threading.Event) -> None:
-        with psycopg.connect(self._conninfo(), autocommit=True, connect_timeout=3) as conn:
+        with psycopg.connect(
+            libpq_conninfo(self.runtime.settings.db_url), autocommit=True, connect_timeout=3
+        ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             log.info("relay listening for outbox commits")
             previous = 0
@@ -130,11 +132,6 @@ class RelayService:
                 # steady stream slept until the sweep's timeout with hundreds pending.
                 if woken and (linger := linger_after(previous)):
                     time.sleep(linger)  # transactions committing now join this pass
-
-    def _conninfo(self) -> str:
-        """The database URL as libpq takes it (no SQLAlchemy driver suffix)."""
-        url = make_url(self.runtime.settings.db_url).set(drivername="postgresql")
-        return url.render_as_string(hide_password=False)
 
 
 def run_relay(runtime: Runtime) -> None:

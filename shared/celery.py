@@ -82,8 +82,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     send = NOTIFIER_SEND_TASK
     return {
         "notifier-send": every(5, send, "notifier"),
-        "related-due": every(10, "archiver.related_due", "archiver"),
-        "related-refit": every(3600, "archiver.related_refit", "archiver"),
         "archive-sweep": every(
             settings.archive_sweep_seconds, "archiver.archive_sweep", "archiver"
         ),

@@ -25,7 +25,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -117,6 +117,12 @@ def make_engine(url: str | URL, **kwargs: object) -> Engine:
     engine = create_engine(url, **kwargs)
     _ping_after_idle(engine, PING_AFTER_IDLE_S)
     return engine
+
+
+def libpq_conninfo(url: str) -> str:
+    """A SQLAlchemy database URL as libpq takes it (no driver suffix), for a raw psycopg
+    connection such as one that LISTENs."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # A pooled connection idle for longer than this is tested before it is handed out.

@@ -34,6 +34,9 @@ from shared.models import DueWork, FailedWork
 
 log = logging.getLogger(__name__)
 
+CHANNEL = "pressroom_due_work"  # NOTIFY'd by a transaction that asked for work
+WOKEN = "pressroom.work.woken"  # session.info: the transaction that notified last
+
 # Seconds before each retry of a failed run; after the last, the work has failed for good.
 DEFAULT_BACKOFF = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
@@ -60,6 +63,8 @@ def request(
     """Ask for ``kind`` work on ``key`` at ``due_at`` (now), in the caller's transaction.
 
     Work already waiting keeps its place (the earlier due time) and takes the new payload.
+    A runner waiting on :data:`CHANNEL` is woken when the transaction commits (one
+    notification per transaction, however many requests it made).
     """
     due_at = due_at or utcnow()
     statement = postgresql.insert(DueWork).values(
@@ -75,6 +80,10 @@ def request(
         },
     )
     session.execute(statement)
+    transaction = session.get_transaction()
+    if session.info.get(WOKEN) is not transaction:  # delivered on commit, not on rollback
+        session.info[WOKEN] = transaction
+        session.execute(select(func.pg_notify(CHANNEL, kind)))
 
 
 def lease_due(

@@ -325,8 +325,9 @@ class RelatedReads:
 
     def _ready(self) -> Cache | None:
         """The cache of the active model. With none yet, a small newsroom's first model is
-        fitted here and now; a large back catalogue waits for the rebuild job (beat's
-        related-refit, or ``pressroom related rebuild``), so no event waits on it."""
+        fitted here and now; a large back catalogue waits for the rebuild job (the hourly
+        refit check of :mod:`services.archiver.runner`, or ``pressroom related rebuild``),
+        so no event waits on it."""
         if self._cache is None:
             self._cache = self._load()
         if self._cache is None and self._published() <= FIT_INLINE_UP_TO and self.rebuild():

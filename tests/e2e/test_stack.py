@@ -132,6 +132,13 @@ def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, var_dir)
         )
         events_url = f"{base}/api/v1/articles/{again.json()['id']}/events"
         assert wait_for(consumed, 60, 0.5), output()
+
+        def also_read(story: dict) -> list[str]:  # the same subject: each other's list
+            got = httpx.get(f"{base}/api/v1/articles/{story['id']}", headers=headers).json()
+            return [related["id"] for related in got["related"]]
+
+        assert wait_for(lambda: also_read(again.json()) == [created.json()["id"]], 60), output()
+        assert also_read(created.json()) == [again.json()["id"]]
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
