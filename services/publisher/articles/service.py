@@ -42,6 +42,8 @@ def check_steering(session: Session, fields: dict[str, Any], article_id: str | N
     problems: dict[str, list[str]] = {}
     for name in STEERING:
         ids = fields.get(name) or []
+        if not ids:
+            continue  # most stories steer nothing: no round trip for them
         known = set(session.scalars(select(Article.id).where(Article.id.in_(ids))))
         unknown = [i for i in ids if i not in known or i == article_id]
         if unknown:
