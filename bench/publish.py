@@ -394,6 +394,10 @@ def _role(cmdline: str) -> str:
         return "no-op worker"
     if "services.cli beat" in cmdline:
         return "beat"
+    if "services.cli relay" in cmdline:
+        return "relay"
+    if "multiprocessing.spawn" in cmdline:  # the archiver's related-reads process
+        return "related reads"
     if "redis-server" in cmdline:
         return "redis"
     if "services.cli up" in cmdline:
@@ -418,6 +422,8 @@ CPU_ORDER = (
     "archiver",
     "notifier",
     "no-op worker",
+    "related reads",
+    "relay",
     "beat",
     "redis",
     "postgresql",
@@ -753,8 +759,8 @@ def print_part2(runs: list[Part2Run], args: argparse.Namespace) -> None:
         f"p99 {fmt(median_percentile(api, 99, 1000))} ms"
     )
     print(
-        "  (a relay thread hands the event to the broker as the publisher answers, so a fast "
-        "consumer can record it before the client has read the 201: negative values are real; "
+        "  (the relay, woken by the commit, can hand the event to the broker before the client "
+        "has read the 201, and a fast consumer record it: negative values are real; "
         "outbox row->ledger starts at the outbox row's created_at instead, on the server's clock)"
     )
     print(f"  CPU: {cpu_line([r.cpu for r in runs])}")
