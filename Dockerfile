@@ -1,5 +1,5 @@
-# One image for every Pressroom service: the publisher (gunicorn), the relay, both workers, beat
-# and the one-shot migration. docker-compose.yml picks the process with `command:`.
+# One image for every Pressroom service: the publisher (gunicorn), the relay, both workers, beat,
+# Flower and the one-shot migration. docker-compose.yml picks the process with `command:`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

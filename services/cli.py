@@ -164,6 +164,41 @@ def beat() -> None:
     run_beat(_settings())
 
 
+# Everything after the command name is Celery's (or Flower's), --help included.
+PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
+ASKS_FOR_HELP = {"--help", "-h", "--version"}
+
+
+def _run_celery(args: list[str]) -> None:
+    from services.workers import run_celery
+
+    settings = _settings()
+    if args and not ASKS_FOR_HELP & set(args):
+        runtime = Runtime(settings)
+        try:
+            _check_broker(runtime)
+        finally:
+            runtime.close()
+    sys.exit(run_celery(settings, args))
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def celery(args: tuple[str, ...]) -> None:
+    """Celery's own command line on the configured broker, knowing both queues:
+    `pressroom celery inspect active`, `pressroom celery purge`, `pressroom celery --help`."""
+    _run_celery(list(args))
+
+
+@main.command(context_settings=PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def flower(args: tuple[str, ...]) -> None:
+    """Flower on the configured broker, at http://127.0.0.1:5555 (Flower's options, e.g.
+    --port=5556, --address=0.0.0.0, --basic-auth=user:pass, follow)."""
+    # Flower asks no password by default and can stop workers: loopback unless told.
+    _run_celery(["flower", "--address=127.0.0.1", *args])
+
+
 @main.group()
 def archive() -> None:
     """Archiving: the policy sweep, and archiving or restoring one article by hand."""

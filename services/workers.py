@@ -1,9 +1,15 @@
-"""Starting a consumer worker or beat as ``pressroom worker ...`` / ``pressroom beat`` do."""
+"""Starting a consumer worker or beat as ``pressroom worker ...`` / ``pressroom beat`` do, and
+Celery's own tools as ``pressroom celery ...`` / ``pressroom flower`` do."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+from celery import Celery
+from kombu import Queue
+
+from shared.bus import CONSUMERS
 from shared.celery import beat_schedule, create_celery
 from shared.config import Settings
 from shared.logs import configure_logging
@@ -38,3 +44,19 @@ def run_beat(settings: Settings) -> None:
         schedule=str(settings.var_dir / "celerybeat-schedule"),
         loglevel=settings.log_level,
     ).run()
+
+
+def tools_app(settings: Settings) -> Celery:
+    """An app for Celery's tools: the configured broker and both consumer queues, so that
+    ``purge``, ``call`` and Flower's broker page know the queues without being told."""
+    app = create_celery(settings, "pressroom")
+    app.conf.task_queues = [Queue(name) for name in CONSUMERS]
+    app.conf.task_default_queue = CONSUMERS[0]  # else Flower lists Celery's unused "celery"
+    app.conf.task_routes = {f"{name}.*": {"queue": name} for name in CONSUMERS}
+    return app
+
+
+def run_celery(settings: Settings, args: Sequence[str]) -> int:
+    """Celery's command line with ``args``; returns its exit status. ``-A`` given in
+    ``args`` still names another app."""
+    return tools_app(settings).start(list(args)) or 0

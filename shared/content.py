@@ -41,6 +41,8 @@ LINK = re.compile(r"<a(\s[^>]*)?>(.*?)</a>", re.DOTALL)
 IMAGE = re.compile(r"<img(\s[^>]*)?>")
 HAS_HREF = re.compile(r'\shref="')
 HAS_ALT = re.compile(r'\salt="')
+ATTRIBUTE_NAME = re.compile(r'\s([a-z-]+)="[^"]*"')
+ANY_TAG = re.compile(r"<[^>]*>")
 
 
 def sanitise_html(body: str) -> str:
@@ -59,6 +61,15 @@ def sanitise_html(body: str) -> str:
     return IMAGE.sub(
         lambda m: m[0] if HAS_ALT.search(m[1] or "") else f'<img alt=""{m[1] or ""}>', clean
     )
+
+
+def shows_something(clean: str) -> bool:
+    """Whether a sanitised body gives a reader anything: text other than spaces, or a
+    picture. What is left of ``<script>...</script>`` or ``<p>&nbsp;</p>`` does not."""
+    for image in IMAGE.finditer(clean):
+        if "src" in ATTRIBUTE_NAME.findall(image[1] or ""):
+            return True
+    return bool(html.unescape(ANY_TAG.sub("", clean)).strip())
 
 
 def paragraphs_to_html(text: str) -> str:

@@ -254,6 +254,41 @@ def test_blank_title_on_update_is_422(client, editor, database):
     assert row_counts(database) == before
 
 
+EMPTIED_BY_SANITISING = [
+    "<script>alert(1)</script>",
+    "<p> </p>",
+    "<p>&nbsp;</p><br><hr>",
+    '<style>p { color: red }</style><p><a href="javascript:alert(1)"></a></p>',
+    '<img src="javascript:alert(1)" alt="a src=">',
+]
+
+
+@pytest.mark.parametrize("body", EMPTIED_BY_SANITISING)
+def test_a_body_that_sanitising_empties_is_422(client, editor, unchanged, body):
+    response = client.post("/api/v1/articles", json=article(body=body), headers=editor)
+    details = assert_error(response, 422, "validation_failed")["details"]
+    assert set(details) == {"body"}
+    assert "unsafe markup" in " ".join(details["body"])
+
+
+@pytest.mark.parametrize("body", EMPTIED_BY_SANITISING)
+def test_a_body_that_sanitising_empties_is_422_on_update(client, editor, database, body):
+    created = client.post("/api/v1/articles", json=article(), headers=editor).json
+    before = row_counts(database)
+    url = f"/api/v1/articles/{created['id']}"
+    response = client.patch(url, json={"body": body}, headers=editor)
+    assert set(assert_error(response, 422)["details"]) == {"body"}
+    assert row_counts(database) == before
+    kept = client.get(url, headers=editor).json
+    assert (kept["body"], kept["version"]) == (created["body"], created["version"])
+
+
+def test_a_body_that_is_only_a_picture_is_accepted(client, editor):
+    body = '<figure><img src="https://cdn.test/flood.jpg" alt="The flood"></figure>'
+    response = client.post("/api/v1/articles", json=article(body=body), headers=editor)
+    assert response.status_code == 201, response.json
+
+
 def _in(**delta: float) -> str:
     return (utcnow() + timedelta(**delta)).isoformat()
 

@@ -42,12 +42,14 @@ def test_import_reports_each_rejected_row_by_line(tmp_path, settings, database, 
         same_title = "<p>Same title, <script>x</script>other story</p>"
         out.writerow(["Markets rally", same_title, "", "", ""])
         out.writerow(["Bad section", "Body", "Not Valid!", "", ""])
+        out.writerow(["Only a script", "<script>alert(1)</script>", "", "", ""])
     result = run_import(settings, path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
     assert "line 5: title:" in result.stderr  # the first record spans lines 2-4
     assert "line 6: published_at:" in result.stderr
     assert "line 8: section:" in result.stderr
+    assert "line 9: body: Nothing a reader would see" in result.stderr
     with database.session() as session:
         articles = {a.slug: a for a in session.scalars(select(Article))}
         events = session.scalar(select(func.count()).select_from(OutboxEvent))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -89,6 +90,21 @@ def test_metrics_are_prometheus_text(client, editor, ops_headers):
     assert 'pressroom_queue_depth{queue="archiver"} 1.0' in text
     assert "pressroom_outbox_pending 0.0" in text
     assert "pressroom_broker_up 1.0" in text
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (Debian: apt-get install prometheus; .ci/run does)",
+)
+def test_a_scrape_passes_promtool(client, editor, ops_headers, database):
+    client.post("/api/v1/articles", json=article(status="published"), headers=editor)
+    relayed(client)
+    Consumer("notifier", database, {}).consume({"not": "an event"})  # every family has a value
+    scrape = client.get("/metrics", headers=ops_headers).get_data()
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=scrape, capture_output=True, timeout=60
+    )
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
 
 
 def test_dead_letters_can_be_replayed_to_their_queue(database, sender, redis_url):

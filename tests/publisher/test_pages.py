@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from xml.etree import ElementTree
 
 import feedparser
 import pytest
@@ -160,6 +161,31 @@ def test_feed_lists_only_published_stories_and_parses_cleanly(client, editor, pu
     assert not news.bozo
     assert [e.title for e in news.entries] == ["Fresh story"]
     assert client.get("/sections/Bad Section!/feed.xml").status_code == 404
+
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def test_a_video_is_its_entrys_enclosure_in_the_feed(client, publish):
+    publish(title="Clip", media="https://cdn.test/drive.mp4?v=2")
+    publish(title="Stream", media="https://cdn.test/live/index.m3u8")
+    publish(title="Photo", media="https://cdn.test/drive.jpg")
+    publish(title="Words")
+    root = ElementTree.fromstring(client.get("/feed.xml").data)
+    enclosures = {
+        entry.findtext(f"{ATOM}title"): [
+            (link.get("href"), link.get("type"))
+            for link in entry.iter(f"{ATOM}link")
+            if link.get("rel") == "enclosure"
+        ]
+        for entry in root.iter(f"{ATOM}entry")
+    }
+    assert enclosures == {
+        "Clip": [("https://cdn.test/drive.mp4?v=2", "video/mp4")],
+        "Stream": [("https://cdn.test/live/index.m3u8", "application/vnd.apple.mpegurl")],
+        "Photo": [],  # a picture is no large file to fetch
+        "Words": [],
+    }
 
 
 def test_feed_parses_with_text_stored_before_control_characters_were_refused(

@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from services.publisher.articles.queries import has_tag
 from services.publisher.pages import feeds
+from services.publisher.pages.media import video_type
 from services.publisher.state import state
 from shared.content import SECTION_PATTERN, could_be_slug, sanitise_html
 from shared.models import Article, has_status
@@ -35,7 +36,6 @@ blp = Blueprint(
 CACHE_SECONDS = 60
 PAGE_SIZE = 20
 PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,3}")  # ?page=1..9999; anything else is no page
-VIDEO = re.compile(r"\.(mp4|webm|ogv|m3u8)(\?|$)", re.IGNORECASE)
 TAGS = re.compile(r"<[^>]+>")
 
 
@@ -143,7 +143,7 @@ def news_article(article: Article, base: str) -> dict[str, object]:
     if article.tags:
         data["keywords"] = list(article.tags)
     if article.media:
-        data["video" if VIDEO.search(article.media) else "image"] = article.media
+        data["video" if video_type(article.media) else "image"] = article.media
     return data
 
 
@@ -186,7 +186,7 @@ def article_page(slug: str) -> BaseResponse:
         body=with_also_read(sanitise_html(article.body or ""), related),
         description=description(article),
         base=state().settings.public_base_url,
-        is_video=bool(article.media and VIDEO.search(article.media)),
+        is_video=video_type(article.media) is not None,
         json_ld=news_article(article, state().settings.public_base_url),
         related=related[len(ALSO_READ_AFTER) :],
         sections=[article.section] if article.section else [],
