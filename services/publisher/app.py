@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     register_security_headers(app)
     _register_domain_errors(app)
     app.before_request(_require_json_body)
-    app.before_request(_limit_streamed_body)
+    app.before_request(_limit_body)
 
     api = PressroomApi(app)
     api.register_blueprint(articles_blp)
@@ -76,17 +76,23 @@ def _require_json_body() -> None:
         raise UnsupportedMediaType("Send the body as application/json.")
 
 
-def _limit_streamed_body() -> None:
-    """A chunked body over the limit is a 413, as one with a Content-Length is.
+def _limit_body() -> None:
+    """A body over the limit is a 413 before any view runs, whether the view would read it
+    or not (a view that ignores its body answered 200 to 2 MiB of it), and whether it came
+    with a Content-Length or chunked.
 
     Werkzeug stops reading a stream without a length at ``MAX_CONTENT_LENGTH`` and hands
-    back what it read, so the JSON parser saw a cut-off body (400 malformed_json). The body
-    is read here, up to the limit, and one byte past it decides."""
-    if request.content_length is not None or request.method not in ("POST", "PUT", "PATCH"):
+    back what it read, so the JSON parser saw a cut-off body (400 malformed_json). Such a
+    body is read here, up to the limit, and one byte past it decides."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise RequestEntityTooLarge()
         return
     if "chunked" not in request.headers.get("Transfer-Encoding", ""):
         return
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
     if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
 

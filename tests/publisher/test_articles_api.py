@@ -205,6 +205,7 @@ def test_idempotency_key_replays_the_first_result(client, editor):
     assert first.status_code == again.status_code == 201
     assert again.json["id"] == first.json["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["ETag"] == first.headers["ETag"] == '"1"'  # the retry can edit
     listed = client.get("/api/v1/articles", headers=editor).json["items"]
     assert len(listed) == 1
 

@@ -119,6 +119,16 @@ def test_body_over_one_mebibyte_is_413(client, editor, unchanged):
     assert_error(response, 413)
 
 
+def test_a_body_over_the_limit_is_413_where_the_view_ignores_its_body(client, admin_token):
+    """Rotating a webhook's secret reads no body; 2 MiB of one is refused all the same."""
+    response = client.post(
+        f"/api/v1/webhooks/{uuid.uuid4()}/rotate",
+        data=b"[" + b"0," * (1 << 20) + b"0]",
+        headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
+    )
+    assert_error(response, 413)
+
+
 def test_bad_cursor_is_422(client, editor):
     assert_error(client.get("/api/v1/articles?cursor=%%%", headers=editor), 422)
 

@@ -84,6 +84,8 @@ def _replay(session: Session, key: str) -> Response | None:
     response = jsonify(record.response)
     response.status_code = record.status_code
     response.headers["Idempotent-Replayed"] = "true"
+    # The ETag too, as the first answer had it: a retry that got through must be able to edit.
+    response.headers["ETag"] = f'"{record.response["version"]}"'
     return response
 
 
