@@ -3,6 +3,7 @@ breaks, no lone surrogates."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,13 @@ TAG_MAX = 100
 # What XML 1.0 cannot carry (so neither can an Atom feed): C0 controls other than tab, line
 # feed and carriage return, and the two non-characters. PostgreSQL refuses NUL as well.
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# The same rules as the OpenAPI document states them, in JSON Schema's regex dialect (ECMA-262,
+# which Python's re reads alike here): text of characters storable() keeps; and text with at
+# least one of them that is not white space (str.isspace), as not_blank() asks.
+_UNSTORABLE = r"\x00-\x08\x0B\x0C\x0E-\x1F\uFFFE\uFFFF"
+_SPACE = r"\t-\r\x1C-\x20\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"
+STORABLE_PATTERN = f"^[^{_UNSTORABLE}]*$"
+NOT_BLANK_PATTERN = f"^[^{_UNSTORABLE}]*[^{_UNSTORABLE}{_SPACE}][^{_UNSTORABLE}]*$"
 
 
 def storable(value: str) -> str:
@@ -121,6 +129,49 @@ class Flag(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid")
         return value
+
+
+# An http(s) URL. The OpenAPI document says it as format uri (RFC 3986) with HTTP_URL, its
+# pattern: http or https, and an authority that starts with a host and has no user:password@
+# (which has no place in a media or webhook URL). Python's re has no RFC 3986 check of its own,
+# so RFC_3986_HTTP_URL is the grammar's http URLs (IPv6 literals checked by ipaddress): a URL
+# the document calls valid is one the API takes, and the other way round.
+HTTP_URL = re.compile(r"\A[Hh][Tt][Tt][Pp][Ss]?://[^@/?#\s:][^@/?#\s]*(?:[/?#]\S*)?\Z")
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_REG_NAME = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+"
+RFC_3986_HTTP_URL = re.compile(
+    rf"[Hh][Tt][Tt][Pp][Ss]?://(?:{_REG_NAME}|\[(?P<ip>[0-9A-Fa-f:.]+)\])(?::[0-9]*)?"
+    rf"(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
+)
+URL_ERROR = (
+    "Not an http(s) URL: only http and https URLs are taken, with a host and no credentials"
+    " (user:password@)."
+)
+
+
+def _rfc_3986(url: str) -> None:
+    """A validator: ``url``, if HTTP_URL's shape (which Whole reports on), is an http(s) URL
+    as RFC 3986 spells one."""
+    found = RFC_3986_HTTP_URL.fullmatch(url)
+    if found is None and HTTP_URL.fullmatch(url):
+        raise ValidationError(URL_ERROR)
+    if found and found["ip"]:
+        try:
+            ipaddress.IPv6Address(found["ip"])
+        except ValueError:
+            raise ValidationError("The host is not an IPv6 address.") from None
+
+
+class HttpUrl(Text):
+    """An http(s) URL (:data:`HTTP_URL`) of up to ``max_length`` characters."""
+
+    def __init__(self, max_length: int, **kwargs: Any):
+        metadata = {"format": "uri", **kwargs.pop("metadata", {})}
+        super().__init__(
+            validate=[validate.Length(max=max_length), Whole(HTTP_URL, URL_ERROR), _rfc_3986],
+            metadata=metadata,
+            **kwargs,
+        )
 
 
 class Whole(validate.Validator):

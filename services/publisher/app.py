@@ -6,8 +6,9 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from services.publisher import health, ops, ratelimit
+from services.publisher.api import PressroomApi
 from services.publisher.articles.routes import blp as articles_blp
-from services.publisher.errors import PressroomApi, error_response, register_error_handlers
+from services.publisher.errors import error_response, register_error_handlers
 from services.publisher.pages import subscriptions as subscription_pages
 from services.publisher.pages import views as pages
 from services.publisher.security import register_security_headers
@@ -21,6 +22,27 @@ from shared.errors import Conflict, InvalidTransition
 from shared.logs import configure_logging
 
 MAX_BODY = 1 << 20  # 1 MiB
+# What holds for every operation, stated once at the top of the OpenAPI document.
+API_RULES = """\
+Every error is `{"error": {"code", "message", "details"}}`; on a 422 `details` names each
+field refused, with why.
+
+Request bodies are JSON (`Content-Type: application/json`, else 415) of at most 1 MiB (413,
+with a Content-Length or chunked).
+
+Text fields hold no control characters but tab, line feed and carriage return, and no lone
+surrogates (`\\ud800` escapes): PostgreSQL cannot store them nor an Atom feed carry them. The
+fields' patterns say so; a title or a body must also hold more than white space.
+
+Lists are paged with cursors: give `cursor` the `next_cursor` of the page before, with the
+same filters, and nothing else (anything else is 422). The last page's `next_cursor` is
+null."""
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "A token from `pressroom token create --role editor|admin|ops`; an admin's"
+    " token serves as an editor's and an ops token too.",
+}
 # The views that send mail to whatever address they are given: one rate limit between them.
 SUBSCRIBE_ENDPOINTS = ("subscriptions.Subscriptions", "subscription_pages.subscribe_form")
 
@@ -39,7 +61,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="/api/v1/docs/assets/",
         API_SPEC_OPTIONS={
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "info": {"description": API_RULES},
+            "components": {"securitySchemes": {"bearer": BEARER}},
             "security": [{"bearer": []}],
         },
     )

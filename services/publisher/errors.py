@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
-from flask_smorest import Api, Blueprint, abort
+from flask_smorest import abort
 from marshmallow import Schema, fields
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -112,40 +110,6 @@ class ErrorSchema(Schema):
     """The one error shape, as the OpenAPI document describes it."""
 
     error = fields.Nested(ErrorDetailSchema, required=True)
-
-
-class PressroomApi(Api):
-    """flask-smorest's Api with Pressroom's error shape instead of its own."""
-
-    ERROR_SCHEMA = ErrorSchema
-
-    def handle_http_exception(self, error: HTTPException) -> Response:
-        return from_http_exception(error)
-
-
-class JsonBodyParser(FlaskParser):
-    """webargs' parser, taking JSON that Python's parser gives up on for malformed.
-
-    ``json.loads`` raises RecursionError on JSON nested deeper than it goes (about a
-    thousand ``[`` suffice) and a bare ValueError on an integer of more than 4,300 digits
-    (``sys.get_int_max_str_digits``); webargs expects neither, and the client got a 500
-    instead of a 400."""
-
-    def _raw_load_json(self, req: Any) -> Any:
-        try:
-            return super()._raw_load_json(req)
-        except json.JSONDecodeError:
-            raise
-        except RecursionError:
-            raise json.JSONDecodeError("nested too deeply", "<request body>", 0) from None
-        except ValueError as exc:
-            raise json.JSONDecodeError(str(exc), "<request body>", 0) from None
-
-
-class ApiBlueprint(Blueprint):
-    """flask-smorest's Blueprint, parsing request bodies with :class:`JsonBodyParser`."""
-
-    ARGUMENTS_PARSER = JsonBodyParser()
 
 
 def register_error_handlers(app: Flask) -> None:

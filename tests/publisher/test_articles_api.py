@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, text
 
 from services.publisher.articles.queries import _search
@@ -208,6 +209,15 @@ def test_idempotency_key_replays_the_first_result(client, editor):
     assert again.headers["ETag"] == first.headers["ETag"] == '"1"'  # the retry can edit
     listed = client.get("/api/v1/articles", headers=editor).json["items"]
     assert len(listed) == 1
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_idempotency_key_of_no_use_is_422_naming_the_header(client, editor, key):
+    response = client.post(
+        "/api/v1/articles", json=article(), headers={**editor, "Idempotency-Key": key}
+    )
+    assert response.status_code == 422, response.json
+    assert set(response.json["error"]["details"]) == {"Idempotency-Key"}
 
 
 def test_idempotency_key_with_another_body_is_a_conflict(client, editor):

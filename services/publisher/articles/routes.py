@@ -12,6 +12,7 @@ from flask.views import MethodView
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.publisher.api import ApiBlueprint
 from services.publisher.articles import queries, service
 from services.publisher.articles.schemas import (
     ActionSchema,
@@ -20,11 +21,13 @@ from services.publisher.articles.schemas import (
     ArticleQueryArgsSchema,
     ArticleSchema,
     ArticleUpdateSchema,
+    CreateHeadersSchema,
     EventListSchema,
     HistorySchema,
+    UpdateHeadersSchema,
 )
-from services.publisher.auth import current_caller, require_role
-from services.publisher.errors import ApiBlueprint, fail
+from services.publisher.auth import current_caller
+from services.publisher.errors import fail
 from services.publisher.state import state
 from shared.models import Article, IdempotencyRecord
 from shared.related_lists import list_of
@@ -32,7 +35,20 @@ from shared.related_lists import list_of
 blp = ApiBlueprint(
     "articles", __name__, url_prefix="/api/v1/articles", description="Editors' articles API"
 )
-editor_only = [require_role("editor")]
+EDITOR = "editor"
+ETAG = {
+    "ETag": {
+        "description": 'The article\'s version ("3"): send it back in If-Match to edit',
+        "schema": {"type": "string"},
+        "required": True,
+    }
+}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "true: the answer to an earlier request with this Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 def load_article(session: Session, article_id: str, *, to_change: bool = False) -> Article:
@@ -53,8 +69,7 @@ def _etag(article: Article) -> dict[str, str]:
     return {"ETag": f'"{article.version}"'}
 
 
-def _check_if_match(article: Article) -> None:
-    header = request.headers.get("If-Match")
+def _check_if_match(article: Article, header: str | None) -> None:
     if header is None or header.strip() == "*":
         return
     wanted = header.strip().removeprefix("W/").strip('"')
@@ -113,10 +128,8 @@ def _replay_committed(key: str) -> Response | None:
         return _replay(session, key)
 
 
-@blp.route("")
+@blp.route("", role=EDITOR)
 class Articles(MethodView):
-    decorators = editor_only
-
     @blp.arguments(ArticleQueryArgsSchema(), location="query")
     @blp.response(200, ArticlePageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -129,13 +142,14 @@ class Articles(MethodView):
         return {"items": items, "next_cursor": cursor}
 
     @blp.arguments(ArticleCreateSchema())
-    @blp.response(201, ArticleSchema)
-    @blp.alt_response(409, description="Slug taken, or Idempotency-Key reused with another body")
-    def post(self, data: dict[str, Any]) -> Any:
+    @blp.arguments(CreateHeadersSchema(), location="headers")
+    @blp.response(201, ArticleSchema, headers={**ETAG, **REPLAYED})
+    @blp.alt_response(
+        409, description="The slug given is taken, or Idempotency-Key was used with another body"
+    )
+    def post(self, data: dict[str, Any], headers: dict[str, Any]) -> Any:
         """Create a draft, schedule it (publish_at) or publish it now (status: published)."""
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= 255:
-            fail(422, "Idempotency-Key must be 1 to 255 characters.")
+        key = headers.get("idempotency_key")
         prepared = service.prepare(data)
         try:
             article = _create(prepared, key)
@@ -151,11 +165,9 @@ class Articles(MethodView):
         return article, 201, _etag(article)
 
 
-@blp.route("/<article_id>")
+@blp.route("/<article_id>", role=EDITOR)
 class ArticleById(MethodView):
-    decorators = editor_only
-
-    @blp.response(200, ArticleSchema)
+    @blp.response(200, ArticleSchema, headers=ETAG)
     def get(self, article_id: str) -> Any:
         """One article, with ``related``: its "Also read" list."""
         with state().db.session() as session:
@@ -164,23 +176,28 @@ class ArticleById(MethodView):
         return article, 200, _etag(article)
 
     @blp.arguments(ArticleUpdateSchema(), required=False)
-    @blp.response(200, ArticleSchema)
+    @blp.arguments(UpdateHeadersSchema(), location="headers")
+    @blp.response(200, ArticleSchema, headers=ETAG)
+    @blp.alt_response(
+        409,
+        description="The slug given is taken, the article is retracted, a correction of a story"
+        " not published, or publish_at changed after publication",
+    )
     @blp.alt_response(412, description="If-Match names a version that is no longer current")
-    def patch(self, data: dict[str, Any], article_id: str) -> Any:
+    def patch(self, data: dict[str, Any], headers: dict[str, Any], article_id: str) -> Any:
         """Change some fields; send If-Match with the version you edited to avoid lost updates."""
         with state().db.transaction() as session:
             article = load_article(session, article_id, to_change=True)
-            _check_if_match(article)
+            _check_if_match(article, headers.get("if_match"))
             service.update_article(session, article, data, current_caller().actor)
         return article, 200, _etag(article)
 
 
 def _action_view(action: str) -> type[MethodView]:
     class ActionView(MethodView):
-        decorators = editor_only
-
         @blp.arguments(ActionSchema(), required=False)
-        @blp.response(200, ArticleSchema)
+        @blp.response(200, ArticleSchema, headers=ETAG)
+        @blp.alt_response(409, description="Not a change the article's status allows")
         def post(self, data: dict[str, Any], article_id: str) -> Any:
             with state().db.transaction() as session:
                 article = load_article(session, article_id, to_change=True)
@@ -200,13 +217,11 @@ def _action_view(action: str) -> type[MethodView]:
 
 
 for _action in service.ACTIONS:
-    blp.route(f"/<article_id>/{_action}")(_action_view(_action))
+    blp.route(f"/<article_id>/{_action}", role=EDITOR)(_action_view(_action))
 
 
-@blp.route("/<article_id>/events")
+@blp.route("/<article_id>/events", role=EDITOR)
 class ArticleEvents(MethodView):
-    decorators = editor_only
-
     @blp.response(200, EventListSchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Events emitted for the article and when each consumer handled them."""
@@ -215,10 +230,8 @@ class ArticleEvents(MethodView):
             return {"items": queries.event_view(session, article_id)}
 
 
-@blp.route("/<article_id>/history")
+@blp.route("/<article_id>/history", role=EDITOR)
 class ArticleHistoryView(MethodView):
-    decorators = editor_only
-
     @blp.response(200, HistorySchema)
     def get(self, article_id: str) -> dict[str, Any]:
         """Audit trail of status changes: who, when, from, to, why."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from shared.content import (
 )
 from shared.db import utcnow
 from shared.models.article import MEDIA_MAX
-from shared.text import Flag, Tag, Tags, Text, When, not_blank
+from shared.text import Flag, HttpUrl, Tag, Tags, Text, When, Whole, not_blank
 
 SLUG = validate.Regexp(SLUG_PATTERN, error="lowercase words joined by hyphens")
 SECTION = validate.Regexp(SECTION_PATTERN, error="a lowercase section name")
@@ -38,6 +39,20 @@ BODY: list[Callable[[Any], Any]] = [
     not_blank,
     survives_sanitising,
 ]
+CURSOR = Whole(re.compile(r"\A[A-Za-z0-9_-]{0,200}\Z"), error="not a cursor of this list")
+CURSOR_RULE = (
+    "The next_cursor of the page before, with the same filters (and q); empty or none: the"
+    " first page. Any other value is 422 with details.cursor."
+)
+TAG_RULE = (
+    "Compared in its slug form (North Korea is north-korea), which must keep a letter or a"
+    " digit: 422 otherwise."
+)
+YEARS = "Between the years 1900 and 9000 (422 otherwise); without an offset, UTC."
+FUTURE = f"a time to come (one in the past is 422). {YEARS}"
+PAST = f"now or before (a time to come is 422). {YEARS}"
+OTHERS = "Ids of other articles (422 otherwise)."
+SHOWS = "HTML. Scripts, handlers and unsafe URLs are removed: text or an image must be left (422)."
 # How far an editor's clock may be off ours before a time "now" reads as past or future.
 CLOCK_SKEW = timedelta(minutes=1)
 
@@ -55,20 +70,31 @@ class ArticleWriteSchema(Schema):
     title = Text(validate=TITLE)
     slug = Text(validate=[validate.Length(min=1, max=SLUG_LIMIT), SLUG])
     summary = Text(validate=validate.Length(max=2000))
-    body = Text(validate=BODY)
+    body = Text(validate=BODY, metadata={"description": SHOWS})
     section = Text(allow_none=True, validate=SECTION)
-    tags = Tags(validate=validate.Length(max=50))
+    tags = Tags(validate=validate.Length(max=50), metadata={"description": TAG_RULE})
     authors = _names(20)
-    media = fields.Url(
-        allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=MEDIA_MAX)
+    media = HttpUrl(
+        MEDIA_MAX, allow_none=True, metadata={"description": "The story's video or image."}
     )
-    publish_at = When(allow_none=True)
-    published_at = When(allow_none=True)
-    archive_after = When(allow_none=True)
+    publish_at = When(allow_none=True, metadata={"description": f"Schedules: {FUTURE}"})
+    published_at = When(
+        allow_none=True,
+        metadata={"description": f"A back catalogue's date of publication: {PAST}"},
+    )
+    archive_after = When(allow_none=True, metadata={"description": YEARS})
     evergreen = Flag()
     # The "Also read" list, steered: these first, in this order / never these.
-    related_pinned = fields.List(fields.UUID(), validate=validate.Length(max=10))
-    related_excluded = fields.List(fields.UUID(), validate=validate.Length(max=100))
+    related_pinned = fields.List(
+        fields.UUID(),
+        validate=validate.Length(max=10),
+        metadata={"description": f"Shown first in its Also read list, in this order. {OTHERS}"},
+    )
+    related_excluded = fields.List(
+        fields.UUID(),
+        validate=validate.Length(max=100),
+        metadata={"description": f"Never in its Also read list. {OTHERS}"},
+    )
 
     @validates_schema
     def _times_make_sense(self, data: dict, **_: object) -> None:
@@ -89,10 +115,16 @@ class ArticleWriteSchema(Schema):
 
 class ArticleCreateSchema(ArticleWriteSchema):
     title = Text(required=True, validate=TITLE)
-    body = Text(required=True, validate=BODY)
+    body = Text(required=True, validate=BODY, metadata={"description": SHOWS})
     # No default: a draft given publish_at is a contradiction, where publish_at alone
     # schedules the article.
-    status = Text(validate=validate.OneOf(["draft", "scheduled", "published"]))
+    status = Text(
+        validate=validate.OneOf(["draft", "scheduled", "published"]),
+        metadata={
+            "description": "None: a draft, or scheduled if publish_at is given. scheduled needs"
+            " publish_at; published and draft take none (422 otherwise)."
+        },
+    )
 
     @validates_schema
     def _status_matches_schedule(self, data: dict, **_: object) -> None:
@@ -121,10 +153,35 @@ class ArticleQueryArgsSchema(Schema):
         validate=validate.OneOf(["draft", "scheduled", "published", "archived", "retracted"])
     )
     section = Text(validate=SECTION)
-    tag = Tag()
-    q = Text(validate=validate.Length(min=1, max=200))
+    tag = Tag(metadata={"description": TAG_RULE})
+    q = Text(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "Words to search title, summary and body for, ranked."},
+    )
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = Text(validate=validate.Length(max=200))
+    cursor = Text(validate=CURSOR, metadata={"description": CURSOR_RULE})
+
+
+class CreateHeadersSchema(Schema):
+    idempotency_key = Text(
+        data_key="Idempotency-Key",
+        validate=validate.Length(min=1, max=255),
+        metadata={
+            "description": "Any value unique to this article: a retry with the same key and"
+            " body is answered as the first request was (Idempotent-Replayed: true), with no"
+            " second article; the same key with another body is 409."
+        },
+    )
+
+
+class UpdateHeadersSchema(Schema):
+    if_match = Text(
+        data_key="If-Match",
+        metadata={
+            "description": 'The version edited, as the ETag gave it ("3"; W/"3" and 3 do too):'
+            " 412 if the article has changed since. * or none: no check."
+        },
+    )
 
 
 class RelatedSchema(Schema):
@@ -154,7 +211,7 @@ class ArticleSchema(Schema):
     version = fields.Integer()
     created_at = fields.AwareDateTime()
     updated_at = fields.AwareDateTime()
-    url = fields.Method("_url")
+    url = fields.Method("_url", metadata={"type": "string", "format": "uri"})
     related = fields.List(fields.Nested(RelatedSchema), dump_default=list)
     related_pinned = fields.List(fields.String(), dump_default=list)
     related_excluded = fields.List(fields.String(), dump_default=list)

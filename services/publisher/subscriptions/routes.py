@@ -6,8 +6,8 @@ from typing import Any
 
 from flask.views import MethodView
 
+from services.publisher.api import ApiBlueprint
 from services.publisher.deliveries import wake_sender
-from services.publisher.errors import ApiBlueprint, ErrorSchema
 from services.publisher.state import state
 from services.publisher.subscriptions import service
 from services.publisher.subscriptions.schemas import (
@@ -36,14 +36,12 @@ def request_subscription(data: dict[str, Any]) -> None:
     wake_sender(state().celery, Channel.EMAIL)
 
 
-@blp.route("")
+@blp.route("", role=None)
 class Subscriptions(MethodView):
-    @blp.doc(security=[])
     @blp.arguments(SubscriptionCreateSchema())
     @blp.response(202, SubscriptionAcceptedSchema)
     @blp.alt_response(
         429,
-        schema=ErrorSchema,
         description="Too many requests from this address",
         headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     )

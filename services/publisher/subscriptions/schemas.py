@@ -20,7 +20,14 @@ class EmailAddress(Text):
     normalised and lower-cased, so one reader is one subscription."""
 
     def __init__(self, **kwargs: Any):
-        kwargs.setdefault("metadata", {"format": "email"})
+        kwargs.setdefault(
+            "metadata",
+            {
+                "format": "email",
+                "description": "An address that could receive mail: one at a special-use"
+                " domain (.test, .invalid, localhost...) is 422.",
+            },
+        )
         super().__init__(validate=validate.Length(max=320), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:

@@ -13,9 +13,9 @@ from flask.views import MethodView
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.publisher.auth import require_role
+from services.publisher.api import ApiBlueprint
 from services.publisher.deliveries import wake_sender
-from services.publisher.errors import ApiBlueprint, fail
+from services.publisher.errors import fail
 from services.publisher.state import state
 from services.publisher.webhooks import service
 from services.publisher.webhooks.schemas import (
@@ -34,7 +34,7 @@ from shared.webhooks import UnresolvableTarget, UnsafeTarget
 blp = ApiBlueprint(
     "webhooks", __name__, url_prefix="/api/v1/webhooks", description="Admins' webhook endpoints"
 )
-admin_only = [require_role("admin")]
+ADMIN = "admin"
 
 
 def load_endpoint(session: Session, webhook_id: str, *, to_change: bool = False) -> WebhookEndpoint:
@@ -51,10 +51,8 @@ def load_endpoint(session: Session, webhook_id: str, *, to_change: bool = False)
     return endpoint
 
 
-@blp.route("")
+@blp.route("", role=ADMIN)
 class Webhooks(MethodView):
-    decorators = admin_only
-
     @blp.response(200, WebhookListSchema)
     def get(self) -> dict[str, Any]:
         """Every endpoint, oldest first, with why it is disabled if it is (no secrets)."""
@@ -77,10 +75,8 @@ class Webhooks(MethodView):
             fail(422, "The webhook URL cannot be used.", details={"url": [str(exc)]})
 
 
-@blp.route("/<webhook_id>")
+@blp.route("/<webhook_id>", role=ADMIN)
 class WebhookById(MethodView):
-    decorators = admin_only
-
     @blp.response(200, WebhookSchema)
     def get(self, webhook_id: str) -> WebhookEndpoint:
         """One endpoint (no secret)."""
@@ -88,10 +84,8 @@ class WebhookById(MethodView):
             return load_endpoint(session, webhook_id)
 
 
-@blp.route("/<webhook_id>/rotate")
+@blp.route("/<webhook_id>/rotate", role=ADMIN)
 class RotateWebhook(MethodView):
-    decorators = admin_only
-
     @blp.response(200, WebhookWithSecretSchema)
     def post(self, webhook_id: str) -> WebhookEndpoint:
         """A new secret, shown this once; the previous one keeps signing for 24 hours."""
@@ -101,10 +95,8 @@ class RotateWebhook(MethodView):
         return endpoint
 
 
-@blp.route("/<webhook_id>/test")
+@blp.route("/<webhook_id>/test", role=ADMIN)
 class TestWebhook(MethodView):
-    decorators = admin_only
-
     @blp.response(202, DeliverySchema)
     @blp.alt_response(409, description="The endpoint is disabled")
     def post(self, webhook_id: str) -> dict[str, Any]:
@@ -116,10 +108,8 @@ class TestWebhook(MethodView):
         return service.delivery_view(delivery, [])
 
 
-@blp.route("/<webhook_id>/deliveries")
+@blp.route("/<webhook_id>/deliveries", role=ADMIN)
 class WebhookDeliveries(MethodView):
-    decorators = admin_only
-
     @blp.arguments(DeliveryQueryArgsSchema(), location="query")
     @blp.response(200, DeliveryPageSchema)
     def get(self, args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
@@ -136,10 +126,8 @@ class WebhookDeliveries(MethodView):
         return {"items": items, "next_cursor": cursor}
 
 
-@blp.route("/<webhook_id>/disable")
+@blp.route("/<webhook_id>/disable", role=ADMIN)
 class DisableWebhook(MethodView):
-    decorators = admin_only
-
     @blp.arguments(WebhookDisableSchema(), required=False)
     @blp.response(200, WebhookSchema)
     def post(self, data: dict[str, Any], webhook_id: str) -> WebhookEndpoint:
@@ -150,10 +138,8 @@ class DisableWebhook(MethodView):
         return endpoint
 
 
-@blp.route("/<webhook_id>/enable")
+@blp.route("/<webhook_id>/enable", role=ADMIN)
 class EnableWebhook(MethodView):
-    decorators = admin_only
-
     @blp.response(200, WebhookSchema)
     def post(self, webhook_id: str) -> WebhookEndpoint:
         """Send to the endpoint again; clears the reason it was disabled and its failing streak."""

@@ -3,20 +3,22 @@ WebhookWithSecretSchema carries a secret: it is shown once, on registration and 
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import Schema, fields, validate
 
 from services.publisher.subscriptions.schemas import SECTION, TAG, topics
 from shared.events import ARTICLE_PUBLISHED, EVENT_TYPES
-from shared.text import Text
+from shared.text import HttpUrl, Text, Whole
 
 URL_MAX = 2000  # the column's size
 
 
 class WebhookCreateSchema(Schema):
-    url = Text(
+    url = HttpUrl(
+        URL_MAX,
         required=True,
-        validate=validate.Length(min=1, max=URL_MAX),
-        metadata={"format": "uri", "description": "http or https; a public address"},
+        metadata={"description": "Every address its host resolves to must be public (422)."},
     )
     event_types = fields.List(
         Text(validate=validate.OneOf(EVENT_TYPES)),
@@ -77,7 +79,10 @@ class DeliverySchema(Schema):
 
 class DeliveryQueryArgsSchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = Text(validate=validate.Length(max=40))
+    cursor = Text(
+        validate=Whole(re.compile(r"\A[0-9]{1,18}\Z"), error="not a cursor of this list"),
+        metadata={"description": "The next_cursor of the page before."},
+    )
 
 
 class DeliveryPageSchema(Schema):
