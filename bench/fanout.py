@@ -217,6 +217,7 @@ def one_run(args: argparse.Namespace, databases: Databases, kill: bool) -> dict[
         SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
         WEBHOOK_ALLOW_PRIVATE="1",
         WORKER_CONCURRENCY="1",
+        DELIVERY_LEASE_SECONDS="30",  # a killed sender's batch comes back sooner than 120 s
         LOG_LEVEL="WARNING",
     )
     settings = Settings.from_env(env)
@@ -229,7 +230,12 @@ def one_run(args: argparse.Namespace, databases: Databases, kill: bool) -> dict[
         upgrade(db.engine)
         say(f"loading {args.subscribers:,} subscribers and {args.endpoints:,} endpoints")
         load(db, args.subscribers, args.endpoints, f"http://127.0.0.1:{http_port}")
-        children = [spawn([PYTHON, "-m", "services.cli", "relay"], env, work / "relay.log")]
+        children = [
+            spawn([PYTHON, "-m", "services.cli", "relay"], env, work / "relay.log"),
+            # As in the stack: beat's periodic send takes a killed sender's rows once their
+            # lease has run out.
+            spawn([PYTHON, "-m", "services.cli", "beat"], env, work / "beat.log"),
+        ]
         notifiers = [
             spawn([PYTHON, "-m", "services.cli", "worker", "notifier"], env, work / f"n{i}.log")
             for i in range(args.notifiers)

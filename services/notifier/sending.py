@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 200
 WEBHOOK_CONCURRENCY = 16  # POSTs in flight per sender
+EMAIL_CONNECTIONS = 3  # SMTP connections per sender, each sending one message at a time
 ROTATION_OVERLAP = timedelta(hours=24)
 
 
@@ -222,9 +224,30 @@ class Sender:
             return {d.id: d for d in session.scalars(select(model).where(model.id.in_(wanted)))}
 
     def _send_emails(self, batch: Batch) -> None:
+        """Over ``EMAIL_CONNECTIONS`` SMTP connections side by side, each taking the batch's
+        next row when it is free: a message's round trips to the server overlap another's
+        rendering and recording."""
         subscribers = self._destinations(Subscription, batch)
+        rows = self._held(batch)
+        taking = threading.Lock()
+
+        def next_row() -> Any:
+            with taking:
+                return next(rows, None)
+
+        connections = min(EMAIL_CONNECTIONS, len(batch.rows))
+        with ThreadPoolExecutor(connections, thread_name_prefix="smtp") as pool:
+            for done in [
+                pool.submit(self._send_emails_over_one, next_row, subscribers, batch)
+                for _ in range(connections)
+            ]:
+                done.result()
+
+    def _send_emails_over_one(
+        self, next_row: Callable[[], Any], subscribers: dict[str, Any], batch: Batch
+    ) -> None:
         with self.mailer.open() as send:
-            for row in self._held(batch):
+            while (row := next_row()) is not None:
                 subscriber = subscribers.get(row.destination_id)
                 try:
                     message = self._email(row, subscriber, batch)
@@ -397,7 +420,7 @@ def outcome_engine(db: Database) -> Engine:
     return make_engine(
         db.engine.url,
         isolation_level="AUTOCOMMIT",
-        pool_size=1,
+        pool_size=EMAIL_CONNECTIONS,  # one for each sending thread
         connect_args={"connect_timeout": 3, "options": "-c synchronous_commit=off"},
     )
 
