@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from services.archiver import relatedness as engine
 from shared.config import Settings
-from shared.db import Database
+from shared.db import Database, json_elements
 from shared.models import Article, ArticleVector, RelatedItem, RelatedModel, has_status
 from shared.models import ArticleStatus as S
 
@@ -465,11 +465,14 @@ def _bytes(vector: engine.Vector) -> bytes:
 
 
 def _facets(session: Session, ids: Sequence[str]) -> dict[str, engine.Facets]:
+    """The facets of ``ids``, however many: a cache's load asks for every listed story, and
+    an expanding IN of 100,000 ids is more parameters than PostgreSQL's protocol carries."""
     if not ids:
         return {}
     rows = session.execute(
         select(Article.id, Article.section, Article.tags, Article.published_at).where(
-            Article.id.in_(ids)
-        )
+            Article.id.in_(json_elements("ids"))
+        ),
+        {"ids": list(ids)},
     ).all()
     return {r.id: engine.Facets(r.section, r.tags or [], r.published_at) for r in rows}

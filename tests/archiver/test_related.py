@@ -171,3 +171,15 @@ def test_two_workers_recomputing_one_story_at_once_leave_one_consistent_list(
         t.join(60)
     listed = titles(database, story)
     assert len(listed) == len(set(listed)) and listed
+
+
+def test_facets_of_more_stories_than_a_statement_has_parameters(client, editor, database):
+    # A cache's load asks for every listed story's facets: 100,000 of them in a large
+    # newsroom, past the 65,535 parameters PostgreSQL's protocol allows in one statement.
+    from services.archiver.related import _facets
+
+    story = publish(client, editor, "rates", 1)
+    wanted = [story, *(f"00000000-0000-0000-0000-{n:012d}" for n in range(70_000))]
+    with database.session() as session:
+        found = _facets(session, wanted)
+    assert list(found) == [story]
