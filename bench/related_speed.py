@@ -4,9 +4,10 @@
    paragraphs of ``--data`` (each the first half of one story and the second half of another
    of its category, as bench/related_quality.py's ``--scale``), written to a fresh database
    in bulk: the API's own speed is bench/publish.py's business.
-2. The full rebuild, ``pressroom related rebuild``, everything included (the stories read,
-   the model fitted, every vector and list written): its wall time and the peak memory of
-   its process tree, sampled every 0.1 s.
+2. The full rebuild, ``pressroom related rebuild`` in one process as the related-reads
+   process refits (``--rebuild-jobs`` for more), everything included (the stories read, the
+   model fitted, every vector and list written): its wall time and the peak memory of its
+   process tree, sampled every 0.1 s.
 3. Bytes per story: what the lists, the vectors and the model take in the database (tables,
    indexes and TOAST), over the number of published stories.
 4. ``pressroom up`` on that database (embedded Redis). After a warm-up, ``--publishes``
@@ -155,6 +156,7 @@ def main() -> int:
     parser.add_argument("--articles", type=int, default=100_000)
     parser.add_argument("--publishes", type=int, default=40)
     parser.add_argument("--archive", type=int, default=1_000)
+    parser.add_argument("--rebuild-jobs", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
@@ -166,7 +168,8 @@ def main() -> int:
     stack: h.Stack | None = None
     try:
         url = databases.fresh(work)
-        env = h.stack_env(work / "stack", url)
+        # Only the stories the bench ages are archived: the corpus spans two years.
+        env = h.stack_env(work / "stack", url, ARCHIVE_AFTER_DAYS="36500")
         db = Database(url)
         finished(cli(env, "db", "upgrade"), "db upgrade")
         say(f"loading {args.articles:,} stories")
@@ -174,7 +177,7 @@ def main() -> int:
 
         say("full rebuild: pressroom related rebuild")
         started = time.perf_counter()
-        rebuild = cli(env, "related", "rebuild")
+        rebuild = cli(env, "related", "rebuild", "--jobs", str(args.rebuild_jobs))
         with PeakSampler(lambda: tree_rss_mb(rebuild.pid)) as rebuild_memory:
             finished(rebuild, "related rebuild")
         rebuild_s = time.perf_counter() - started
@@ -251,7 +254,8 @@ def main() -> int:
              "", ""],
             ["one publish, p99", f"{h.fmt(p99)} ms", f"< {TARGET_PUBLISH_P99_MS:g} ms",
              h.verdict(p99 < TARGET_PUBLISH_P99_MS)],
-            ["full rebuild (pressroom related rebuild)", f"{h.fmt(rebuild_s)} s",
+            [f"full rebuild (pressroom related rebuild --jobs {args.rebuild_jobs})",
+             f"{h.fmt(rebuild_s)} s",
              f"< {TARGET_REBUILD_S:g} s", h.verdict(rebuild_s < TARGET_REBUILD_S)],
             ["full rebuild, peak memory of its processes",
              f"{h.fmt(rebuild_memory.peak, 0)} MB", f"< {TARGET_REBUILD_MB:g} MB",

@@ -258,7 +258,11 @@ def related() -> None:
 
 
 @related.command("rebuild")
-def related_rebuild() -> None:
+@click.option(
+    "--jobs", default=1, show_default=True, type=click.IntRange(1, 16),
+    help="processes for the lists: faster on several cores, each holding the corpus",
+)  # fmt: skip
+def related_rebuild(jobs: int) -> None:
     """Refit the text model on every published story and rebuild every list with it; the
     lists switch over in one transaction, so readers never see them half built."""
     from sqlalchemy import func, select
@@ -273,7 +277,7 @@ def related_rebuild() -> None:
             )
         engine = RelatedReads(runtime.db, runtime.settings)
         with click.progressbar(length=total, label="lists", file=sys.stderr) as bar:
-            built = engine.rebuild(progress=bar.update, n_jobs=2)
+            built = engine.rebuild(progress=bar.update, n_jobs=jobs)
     click.echo(f"rebuilt {built} lists", err=True)
 
 
