@@ -121,6 +121,13 @@ _WRITE_EVENT = insert(OutboxEvent)
 
 def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """Write an event to the outbox, in the caller's transaction; returns its envelope."""
+    envelope, row = outbox_row(event_type, data)
+    session.connection().execute(_WRITE_EVENT, row)
+    return envelope
+
+
+def outbox_row(event_type: str, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new event's envelope and its outbox row (for a caller that writes it itself)."""
     now = utcnow()
     envelope = events.make_envelope(event_type, data, time=now)
     row = {
@@ -130,5 +137,4 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, A
         "data": envelope["data"],
         "created_at": now,
     }
-    session.connection().execute(_WRITE_EVENT, row)
-    return envelope
+    return envelope, row

@@ -8,6 +8,7 @@ article's status.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -45,7 +46,14 @@ def record(
 ) -> None:
     if article.id is None:
         session.flush()  # a new article gets its id at flush
-    row = {
+    session.connection().execute(_WRITE_HISTORY, history_row(article, from_status, actor, reason))
+
+
+def history_row(
+    article: Article, from_status: str | None, actor: str, reason: str | None
+) -> dict[str, Any]:
+    """The audit row of a change of ``article`` (for a caller that writes it itself)."""
+    return {
         "article_id": article.id,
         "actor": actor,
         "at": article.updated_at,
@@ -53,7 +61,6 @@ def record(
         "to_status": article.status,
         "reason": reason,
     }
-    session.connection().execute(_WRITE_HISTORY, row)
 
 
 def touch(article: Article, now: datetime | None = None) -> None:
@@ -104,10 +111,17 @@ def announce(
 ) -> None:
     if article.id is None or article.version is None:
         session.flush()  # column defaults fill these in at flush; the snapshot needs them
+    bus.emit(session, event_type, announcement(article, reason, origin, correction))
+
+
+def announcement(
+    article: Article, reason: str | None = None, origin: str = "api", correction: str | None = None
+) -> dict[str, Any]:
+    """The ``data`` of an event about ``article`` as it is now."""
     data = {**article.snapshot(), "reason": reason, "origin": origin}
     if correction:
         data["correction"] = correction
-    bus.emit(session, event_type, data)
+    return data
 
 
 def publish_due(session: Session, now: datetime | None = None, limit: int = 200) -> list[str]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, literal, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from services.publisher.errors import fail
-from shared import events, lifecycle
+from shared import bus, events, lifecycle
 from shared.config import Settings
 from shared.content import base_slug, next_free_slug, sanitise_html, slug_holder
-from shared.db import Database, insert_unless_present, new_id, utcnow
+from shared.db import Database, new_id, utcnow
 from shared.errors import Conflict, InvalidTransition
-from shared.models import Article
+from shared.models import Article, ArticleHistory, OutboxEvent
 from shared.models import ArticleStatus as S
 
 EDITABLE = (
@@ -97,28 +98,54 @@ def create_article(
         article.published_at = fields.get("published_at") or publish_at or now
         article.publish_at = None
     if article.slug:
-        if not _insert(session, article):
+        if not _insert(session, article, actor):
             raise Conflict(f"The slug {article.slug!r} is taken by another article.", "slug_taken")
     else:
         article.slug = base = base_slug(article.title)
-        while not _insert(session, article):  # taken, maybe a moment ago by another request
+        while not _insert(session, article, actor):  # taken, maybe a moment ago by another
             article.slug = next_free_slug(session, base)
-    lifecycle.record(session, article, None, actor, "created")
-    if article.status == S.PUBLISHED:
-        lifecycle.announce(session, article, events.ARTICLE_PUBLISHED)
     return article
 
 
-def _insert(session: Session, article: Article) -> bool:
-    """Insert the new article unless its slug is taken; returns whether it was inserted.
+def _insert(session: Session, article: Article, actor: str) -> bool:
+    """Insert the new article, its history row and, if it is published, its event, unless
+    its slug is taken; returns whether it was inserted.
 
-    One statement: the unique index answers whether the slug is free, where a query before
-    the insert cost a round trip for every article created. The article stays out of the
-    session (nothing of it is left for the flush to work out); it is what the API answers.
+    One statement, the three inserts chained by CTEs: the unique index answers whether the
+    slug is free, and the history and outbox rows are made from what the article's insert
+    returned, so a taken slug writes none of them. Three round trips were half a creation's
+    time under load. The article stays out of the session (nothing of it is left for the
+    flush to work out); it is what the API answers.
     """
     values = {key: getattr(article, key) for key in ARTICLE_COLUMNS}
-    insert = insert_unless_present(session, Article, on=[Article.slug], returning=[Article.id])
-    return session.connection().execute(insert, values).first() is not None
+    new = (
+        postgresql.insert(Article)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[Article.slug])
+        .returning(Article.id)
+        .cte("new_article")
+    )
+    history = lifecycle.history_row(article, None, actor, "created")
+    statement = select(new.c.id).add_cte(_insert_from(new, ArticleHistory, history))
+    if article.status == S.PUBLISHED:
+        _, event = bus.outbox_row(events.ARTICLE_PUBLISHED, lifecycle.announcement(article))
+        statement = statement.add_cte(_insert_from(new, OutboxEvent, event))
+    return session.connection().execute(statement).first() is not None
+
+
+def _insert_from(new: Any, model: Any, row: dict[str, Any]) -> Any:
+    """A CTE inserting ``row`` into ``model``'s table once for each id ``new`` returned
+    (its ``article_id`` taken from there)."""
+    table = model.__table__
+    names = [name for name in row if name != "article_id"]
+    return (
+        insert(model)
+        .from_select(
+            ["article_id", *names],
+            select(new.c.id, *(literal(row[name], table.c[name].type) for name in names)),
+        )
+        .cte(f"new_{table.name}")
+    )
 
 
 def update_article(session: Session, article: Article, data: dict[str, Any], actor: str) -> bool:
