@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, literal, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -117,33 +119,48 @@ def _insert(session: Session, article: Article, actor: str) -> bool:
     time under load. The article stays out of the session (nothing of it is left for the
     flush to work out); it is what the API answers.
     """
-    values = {key: getattr(article, key) for key in ARTICLE_COLUMNS}
+    params = {key: getattr(article, key) for key in ARTICLE_COLUMNS}
+    history = lifecycle.history_row(article, None, actor, "created")
+    params.update({f"history_{k}": v for k, v in history.items() if k != "article_id"})
+    announce = article.status == S.PUBLISHED
+    if announce:
+        _, event = bus.outbox_row(events.ARTICLE_PUBLISHED, lifecycle.announcement(article))
+        params.update({f"event_{k}": v for k, v in event.items() if k != "article_id"})
+    return session.connection().execute(_create_statement(announce), params).first() is not None
+
+
+HISTORY_COLUMNS = ("actor", "at", "from_status", "to_status", "reason")
+EVENT_COLUMNS = ("event_id", "type", "data", "created_at")
+
+
+@functools.cache
+def _create_statement(announce: bool) -> Any:
+    """Built once per shape, its values bound at execution: building a statement of CTEs
+    for each request cost more than the round trips it saves."""
+    table = Article.__table__
     new = (
         postgresql.insert(Article)
-        .values(values)
+        .values({name: bindparam(name, type_=table.c[name].type) for name in ARTICLE_COLUMNS})
         .on_conflict_do_nothing(index_elements=[Article.slug])
         .returning(Article.id)
         .cte("new_article")
     )
-    history = lifecycle.history_row(article, None, actor, "created")
-    statement = select(new.c.id).add_cte(_insert_from(new, ArticleHistory, history))
-    if article.status == S.PUBLISHED:
-        _, event = bus.outbox_row(events.ARTICLE_PUBLISHED, lifecycle.announcement(article))
-        statement = statement.add_cte(_insert_from(new, OutboxEvent, event))
-    return session.connection().execute(statement).first() is not None
+    statement = select(new.c.id).add_cte(
+        _insert_from(new, ArticleHistory, HISTORY_COLUMNS, "history_")
+    )
+    if announce:
+        statement = statement.add_cte(_insert_from(new, OutboxEvent, EVENT_COLUMNS, "event_"))
+    return statement
 
 
-def _insert_from(new: Any, model: Any, row: dict[str, Any]) -> Any:
-    """A CTE inserting ``row`` into ``model``'s table once for each id ``new`` returned
-    (its ``article_id`` taken from there)."""
+def _insert_from(new: Any, model: Any, names: Sequence[str], prefix: str) -> Any:
+    """A CTE inserting a row into ``model``'s table for each id ``new`` returned, its other
+    columns ``names`` bound as ``prefix`` + name."""
     table = model.__table__
-    names = [name for name in row if name != "article_id"]
+    values = [bindparam(prefix + name, type_=table.c[name].type) for name in names]
     return (
         insert(model)
-        .from_select(
-            ["article_id", *names],
-            select(new.c.id, *(literal(row[name], table.c[name].type) for name in names)),
-        )
+        .from_select(["article_id", *names], select(new.c.id, *values))
         .cte(f"new_{table.name}")
     )
 
