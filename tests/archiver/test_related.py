@@ -183,3 +183,21 @@ def test_facets_of_more_stories_than_a_statement_has_parameters(client, editor, 
     with database.session() as session:
         found = _facets(session, wanted)
     assert list(found) == [story]
+
+
+def test_a_pinned_story_that_is_archived_drops_out_of_the_list(
+    client, editor, database, engine, corpus
+):
+    story, pin = corpus["rates"][0], corpus["volcano"][0]
+    client.patch(f"/api/v1/articles/{story}", json={"related_pinned": [pin]}, headers=editor)
+    ask(database, story)
+    events_handled(database, engine)
+    assert client.get(f"/api/v1/articles/{story}", headers=editor).json["related"][0]["id"] == pin
+    archived = client.post(f"/api/v1/articles/{pin}/archive", json={}, headers=editor)
+    assert archived.status_code == 200
+    ask(database, pin)  # as the archiver does on article.archived
+    events_handled(database, engine)
+    listed = [
+        r["id"] for r in client.get(f"/api/v1/articles/{story}", headers=editor).json["related"]
+    ]
+    assert pin not in listed and len(listed) == 5
