@@ -97,6 +97,15 @@ def test_up_serves_the_api_runs_the_workers_and_stops_cleanly(tmp_path, var_dir)
             cwd=ROOT, env=env, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert token.startswith("prt_") and token.count("\n") == 1
+        # Refused by gunicorn before Flask sees it, and still in the one error shape.
+        too_long = httpx.get(f"{base}/articles/{'x' * 9000}", timeout=5)
+        assert too_long.status_code == 414
+        assert too_long.json()["error"]["code"] == "uri_too_long"
+        headers_too_many = httpx.get(
+            f"{base}/healthz", headers={f"x-h{n}": "v" for n in range(120)}, timeout=5
+        )
+        assert headers_too_many.status_code == 431
+        assert set(headers_too_many.json()["error"]) == {"code", "message", "details"}
         headers = {"Authorization": f"Bearer {token.strip()}"}
         created = httpx.post(
             f"{base}/api/v1/articles", json=article(status="published"), headers=headers
