@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,7 +57,7 @@ from shared.work import lease_due, retry_delay
 log = logging.getLogger(__name__)
 
 BATCH = 200
-WEBHOOK_CONCURRENCY = 16  # POSTs in flight per sender
+WEBHOOK_CONCURRENCY = 4  # POSTs in flight per sender: each one a possible duplicate if killed
 EMAIL_CONNECTIONS = 3  # SMTP connections per sender, each sending one message at a time
 ROTATION_OVERLAP = timedelta(hours=24)
 
@@ -330,10 +330,13 @@ class Sender:
                     secrets=self._secrets(endpoint),
                 )
                 in_flight[pool.submit(deliver, message)] = (row, endpoint)
+                # Each outcome is recorded as soon as it is known, so a sender killed now
+                # leaves unrecorded only the POSTs still in flight (the duplicate window).
+                self._record_webhooks(in_flight, [f for f in in_flight if f.done()])
                 if len(in_flight) >= WEBHOOK_CONCURRENCY:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     self._record_webhooks(in_flight, done)
-            self._record_webhooks(in_flight, list(in_flight))
+            self._record_webhooks(in_flight, as_completed(list(in_flight)))
 
     def _record_webhooks(
         self, in_flight: dict[Future[Any], tuple[Any, WebhookEndpoint]], done: Iterable[Future[Any]]
