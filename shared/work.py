@@ -16,7 +16,6 @@ A worker killed mid-run leaves the row leased: it is due again when the lease ru
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -254,20 +253,14 @@ def run_due_batches(
     handler: Callable[[list[Claimed]], None],
     *,
     batch: int = 200,
-    rounds: int | None = None,
     lease: float = 120.0,
     backoff: Sequence[float] = DEFAULT_BACKOFF,
 ) -> int:
     """As :func:`run_due`, a batch at a time, for work that is cheaper together (many
-    stories leaving the lists at once), and for at most ``rounds`` batches when given: a
-    caller with other work waiting (a consumer's next message) takes its share and leaves
-    the rest to the next caller. A batch that fails is retried one by one, so one bad row
-    does not hold up the others."""
+    stories leaving the lists at once). A batch that fails is retried one by one, so one
+    bad row does not hold up the others."""
     finished = 0
-    for _ in itertools.count() if rounds is None else range(rounds):
-        claimed = claim(db, kind, batch, lease)
-        if not claimed:
-            break
+    while claimed := claim(db, kind, batch, lease):
         try:
             handler(claimed)
         except Exception:

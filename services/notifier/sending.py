@@ -1,11 +1,12 @@
 """Sending what the fan-out wrote: due deliveries, claimed in batches under a lease.
 
 Any number of notifier processes run this side by side (:func:`shared.work.lease_due`
-skips rows another holds). A batch goes over one SMTP connection (or one HTTP client),
-and each message's outcome is committed the moment it is known, before the next message
-is sent: a worker killed mid-batch leaves every message it sent marked sent, and the rest
-due again when the lease runs out. The one message that can go twice is the one the
-server accepted in the instant before its worker died, before that commit.
+skips rows another holds). A batch goes over ``EMAIL_CONNECTIONS`` SMTP connections (or one
+HTTP client with ``WEBHOOK_CONCURRENCY`` POSTs in flight), and each message's outcome is
+committed the moment it is known, before that connection sends the next: a worker killed
+mid-batch leaves every message it sent marked sent, and the rest due again when the lease
+runs out. The messages that can go twice are those a server accepted in the instant before
+their worker died, before that commit: at most one per connection or POST in flight.
 
 Each outcome is one statement, committed on its own without waiting for the WAL to reach
 disk (``synchronous_commit = off``): a worker that dies loses nothing by it, only a crash of

@@ -129,22 +129,6 @@ def test_batches_run_together_and_a_row_asked_for_again_meanwhile_stays(database
         assert session.scalars(select(DueWork)).all() == []
 
 
-def test_a_bounded_run_leaves_the_rest_due_for_the_next_caller(database):
-    for n in range(5):
-        ask(database, key=f"a{n}")
-    done: list[str] = []
-
-    def handler(claimed: list[work.Claimed]) -> None:
-        done.extend(c.key for c in claimed)
-
-    assert work.run_due_batches(database, "recompute", handler, batch=2, rounds=1) == 2
-    with database.session() as session:
-        waiting = session.scalars(select(DueWork.key).where(DueWork.leased_until.is_(None)))
-        assert sorted(waiting) == sorted({f"a{n}" for n in range(5)} - set(done))
-    assert work.run_due_batches(database, "recompute", handler, batch=2) == 3
-    assert sorted(done) == [f"a{n}" for n in range(5)]
-
-
 def test_a_failing_batch_is_run_one_by_one_so_only_the_bad_row_waits(database):
     for key in ("good1", "bad", "good2"):
         ask(database, key=key)
