@@ -16,6 +16,7 @@ A worker killed mid-run leaves the row leased: it is due again when the lease ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -65,11 +66,24 @@ def request(
     A runner waiting on :data:`CHANNEL` is woken when the transaction commits (one
     notification per transaction, however many requests it made).
     """
-    due_at = due_at or utcnow()
+    values = {"kind": kind, "key": key, "payload": payload or {}, "due_at": due_at or utcnow()}
+    session.execute(_request_statement(), values)
+    transaction = session.get_transaction()
+    if session.info.get(WOKEN) is not transaction:  # delivered on commit, not on rollback
+        session.info[WOKEN] = transaction
+        session.execute(select(func.pg_notify(CHANNEL, kind)))
+
+
+@functools.cache
+def _request_statement() -> Any:
+    """Built once, its values bound at execution: a statement built for each request cost
+    more than running it (its cache key worked out afresh): most of what a handler cost."""
+    table = DueWork.__table__
     statement = postgresql.insert(DueWork).values(
-        kind=kind, key=key, payload=payload or {}, due_at=due_at, generation=1, attempts=0
+        {name: bindparam(name, type_=table.c[name].type) for name in _REQUESTED}
+        | {"generation": 1, "attempts": 0}
     )
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[DueWork.kind, DueWork.key],
         set_={
             "payload": statement.excluded.payload,
@@ -78,11 +92,9 @@ def request(
             "attempts": 0,
         },
     )
-    session.execute(statement)
-    transaction = session.get_transaction()
-    if session.info.get(WOKEN) is not transaction:  # delivered on commit, not on rollback
-        session.info[WOKEN] = transaction
-        session.execute(select(func.pg_notify(CHANNEL, kind)))
+
+
+_REQUESTED = ("kind", "key", "payload", "due_at")
 
 
 def lease_due(
