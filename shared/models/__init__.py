@@ -1,6 +1,12 @@
 """SQLAlchemy models, one module per aggregate."""
 
-from shared.models.article import Article, ArticleHistory, ArticleStatus, has_status
+from shared.models.article import (
+    Article,
+    ArticleHistory,
+    ArticleSearch,
+    ArticleStatus,
+    has_status,
+)
 from shared.models.auth import ApiToken, IdempotencyRecord
 from shared.models.events import ConsumedEvent, DeadLetter, OutboxEvent, RedeliveryMark
 from shared.models.notify import (
@@ -20,6 +26,7 @@ __all__ = [
     "ApiToken",
     "Article",
     "ArticleHistory",
+    "ArticleSearch",
     "ArticleStatus",
     "ArticleVector",
     "Channel",

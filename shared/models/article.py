@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     ColumnElement,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     literal,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, UTCDateTime, new_id, utcnow
@@ -37,17 +39,6 @@ IMPORTED = "import_key IS NOT NULL"
 # Stories an editor is still working on, or has pulled: few, and never on a public page.
 UNLISTED = (ArticleStatus.DRAFT, ArticleStatus.SCHEDULED, ArticleStatus.RETRACTED)
 IS_UNLISTED = " OR ".join(f"status = '{s.value}'" for s in UNLISTED)
-
-
-# What full-text search looks in: the headline weighs most, then the summary, then the body
-# (HTML: the parser reads its tags as tags, which no dictionary indexes). The index and the
-# queries spell it the same, so the planner matches them; 'english' needs no extension.
-# Spelt as PostgreSQL spells it back, so comparing the schema with the models finds it same.
-SEARCH_DOCUMENT = (
-    "((setweight(to_tsvector('english'::regconfig, title::text), 'A'::\"char\")"
-    " || setweight(to_tsvector('english'::regconfig, summary), 'B'::\"char\"))"
-    " || setweight(to_tsvector('english'::regconfig, body), 'D'::\"char\"))"
-)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -126,13 +117,30 @@ class Article(Base):
             unique=True,
             **_where(IMPORTED),
         ),
-        # The editors' text search (?q=).
-        Index("ix_articles_search", text(SEARCH_DOCUMENT), postgresql_using="gin"),
     )
 
     def snapshot(self) -> dict[str, Any]:
         """What consumers need to know about the article, as plain JSON values."""
         return event_data(self)
+
+
+class ArticleSearch(Base):
+    """What the editors' text search (``?q=``) looks in, a row per article: the headline
+    weighs most, then the summary, then the body (HTML, whose tags the parser reads as tags
+    and no dictionary indexes), with the ``english`` configuration every PostgreSQL has.
+
+    Kept by triggers on ``articles`` (migration 0190), on insert and on an edit of the
+    title, summary or body, so a status change (archiving) leaves it alone; nothing of
+    ours writes it."""
+
+    __tablename__ = "article_search"
+
+    article_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True
+    )
+    document: Mapped[Any] = mapped_column(TSVECTOR)
+
+    __table_args__ = (Index("ix_article_search_document", "document", postgresql_using="gin"),)
 
 
 def event_data(article: Any, **overrides: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 
 from services.publisher.articles.queries import _search
 from shared.content import SLUG_PROBE
-from shared.models import Article
+from shared.models import ArticleSearch
 from tests.publisher.helpers import article, relayed
 
 
@@ -301,11 +301,27 @@ def test_search_pages_with_a_cursor_in_rank_order(client, editor):
 def test_search_is_served_by_its_index(database):
     matches, _ = _search("floods")
     statement = (
-        select(Article.id)
+        select(ArticleSearch.article_id)
         .where(matches)
         .compile(database.engine, compile_kwargs={"literal_binds": True})
     )
     with database.transaction() as session:
         session.execute(text("SET LOCAL enable_seqscan = off"))
         plan = "\n".join(session.scalars(text(f"EXPLAIN {statement}")))
-    assert "ix_articles_search" in plan
+    assert "ix_article_search_document" in plan
+
+
+def test_search_follows_an_edit_and_keeps_an_archived_story(client, editor):
+    story = create(client, editor, title="Harbour news", body="<p>Floods in the port.</p>",
+                   status="published")  # fmt: skip
+    edit = client.patch(
+        f"/api/v1/articles/{story['id']}",
+        json={"body": "<p>Drought in the port.</p>"},
+        headers={**editor, "If-Match": '"1"'},
+    )
+    assert edit.status_code == 200, edit.json
+    assert titles(client, editor, "q=floods") == []
+    assert titles(client, editor, "q=drought") == ["Harbour news"]
+    archived = client.post(f"/api/v1/articles/{story['id']}/archive", headers=editor)
+    assert archived.status_code == 200, archived.json
+    assert titles(client, editor, "q=drought&status=archived") == ["Harbour news"]

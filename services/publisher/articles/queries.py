@@ -14,12 +14,12 @@ from shared.bus import ROUTES
 from shared.models import (
     Article,
     ArticleHistory,
+    ArticleSearch,
     ArticleStatus,
     ConsumedEvent,
     OutboxEvent,
     has_status,
 )
-from shared.models.article import SEARCH_DOCUMENT
 from shared.text import in_range, storable
 
 
@@ -57,7 +57,7 @@ def _search(words: str) -> tuple[ColumnElement[bool], ColumnElement[float]]:
     """Whether an article matches the words (as a web search reads them: "quoted phrase",
     or, -not) and how well. Words that hold no lexeme (``%``, ``_``, ``the``) match
     nothing; they are not LIKE patterns."""
-    document: ColumnElement[Any] = literal_column(SEARCH_DOCUMENT)
+    document = ArticleSearch.document
     query = func.websearch_to_tsquery(literal_column("'english'::regconfig"), words)
     return document.op("@@")(query), func.ts_rank(document, query, type_=Float)
 
@@ -74,6 +74,7 @@ def list_articles(session: Session, args: dict[str, Any]) -> tuple[list[Article]
         query = query.where(has_tag(args["tag"]))
     if args.get("q"):
         matches, rank = _search(args["q"])
+        query = query.join(ArticleSearch, ArticleSearch.article_id == Article.id)
         query = query.add_columns(rank).where(matches)
     if args.get("cursor"):
         created, article_id, after_rank = decode_cursor(args["cursor"])
