@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, event, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,7 @@ from shared.models import DueWork, FailedWork
 log = logging.getLogger(__name__)
 
 CHANNEL = "pressroom_due_work"  # NOTIFY'd by a transaction that asked for work
-WOKEN = "pressroom.work.woken"  # session.info: the transaction that notified last
+PENDING = "pressroom.work.pending"  # session.info: (transaction, its requests by kind and key)
 
 # Seconds before each retry of a failed run; after the last, the work has failed for good.
 DEFAULT_BACKOFF = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -63,15 +63,33 @@ def request(
     """Ask for ``kind`` work on ``key`` at ``due_at`` (now), in the caller's transaction.
 
     Work already waiting keeps its place (the earlier due time) and takes the new payload.
-    A runner waiting on :data:`CHANNEL` is woken when the transaction commits (one
-    notification per transaction, however many requests it made).
+    The requests of one transaction are written together when it commits, in one round
+    trip (a consumer asks once per event, up to a hundred in a message), and a runner
+    waiting on :data:`CHANNEL` is woken then, once per kind. A rollback writes none.
     """
-    values = {"kind": kind, "key": key, "payload": payload or {}, "due_at": due_at or utcnow()}
-    session.execute(_request_statement(), values)
-    transaction = session.get_transaction()
-    if session.info.get(WOKEN) is not transaction:  # delivered on commit, not on rollback
-        session.info[WOKEN] = transaction
-        session.execute(select(func.pg_notify(CHANNEL, kind)))
+    transaction = session.get_transaction() or session.begin()
+    pending = session.info.get(PENDING)
+    if pending is None or pending[0] is not transaction:
+        pending = (transaction, {})
+        session.info[PENDING] = pending
+        if not event.contains(session, "before_commit", _write_requests):
+            event.listen(session, "before_commit", _write_requests)
+    requests: dict[tuple[str, str], dict[str, Any]] = pending[1]
+    due_at = due_at or utcnow()
+    waiting = requests.get((kind, key))
+    if waiting is not None:  # one row per kind and key: the earlier time, the new payload
+        due_at = min(due_at, waiting["due_at"])
+    requests[(kind, key)] = {"kind": kind, "key": key, "payload": payload or {}, "due_at": due_at}
+
+
+def _write_requests(session: Session) -> None:
+    pending = session.info.pop(PENDING, None)
+    if pending is None or pending[0] is not session.get_transaction() or not pending[1]:
+        return
+    requests = list(pending[1].values())
+    session.execute(_request_statement(), requests)
+    for kind in dict.fromkeys(request["kind"] for request in requests):
+        session.execute(select(func.pg_notify(CHANNEL, kind)))  # delivered at the commit
 
 
 @functools.cache

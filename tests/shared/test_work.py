@@ -28,6 +28,28 @@ def test_a_burst_of_requests_for_one_key_runs_once(database):
         assert session.scalars(select(DueWork)).all() == []
 
 
+def test_one_transaction_asking_twice_for_a_key_keeps_the_earlier_time_and_the_new_payload(
+    database,
+):
+    soon = utcnow() + timedelta(seconds=30)
+    with database.transaction() as session:
+        work.request(session, "recompute", "a1", {"n": 1}, due_at=soon)
+        work.request(session, "recompute", "a1", {"n": 2}, due_at=soon + timedelta(hours=1))
+        work.request(session, "recompute", "b2", {"n": 3}, due_at=soon)
+    with database.session() as session:
+        rows = {row.key: row for row in session.scalars(select(DueWork))}
+    assert set(rows) == {"a1", "b2"}
+    assert rows["a1"].payload == {"n": 2}
+    assert abs((rows["a1"].due_at - soon).total_seconds()) < 0.001
+
+
+def test_a_request_in_a_session_that_had_not_begun_is_written_at_its_commit(database):
+    with database.session() as session:
+        work.request(session, "recompute", "a1")
+        session.commit()
+    assert work.run_due(database, "recompute", lambda w: None) == 1
+
+
 def test_a_request_that_rolls_back_asks_for_nothing(database):
     try:
         with database.transaction() as session:
