@@ -65,7 +65,8 @@ def request(
     Work already waiting keeps its place (the earlier due time) and takes the new payload.
     The requests of one transaction are written together when it commits, in one round
     trip (a consumer asks once per event, up to a hundred in a message), and a runner
-    waiting on :data:`CHANNEL` is woken then, once per kind. A rollback writes none.
+    waiting on :data:`CHANNEL` is woken then, once per kind. A rollback writes none; a
+    savepoint's rollback is not tracked (nothing here uses savepoints): its requests stay.
     """
     transaction = session.get_transaction() or session.begin()
     pending = session.info.get(PENDING)
