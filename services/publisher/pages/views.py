@@ -201,9 +201,6 @@ ALSO_READ_AFTER = (2, 5)  # paragraphs after which an "Also read" link goes
 ALSO_READ = Markup(
     '<p class="also-read-inline"><strong>Also read:</strong> <a href="/articles/{}">{}</a></p>'
 )
-ALSO_READ = Markup(
-    '<p class="also-read-inline"><strong>Also read:</strong> <a href="/articles/{}">{}</a></p>'
-)
 PARAGRAPH_END = re.compile(r"</p>", re.IGNORECASE)
 
 
