@@ -70,9 +70,6 @@ class Cache:
     facets: dict[str, engine.Facets] = field(default_factory=dict)
     _delta: engine.Corpus | None = None
 
-    def live(self) -> set[str]:
-        return (set(self.base_ids) - self.removed) | set(self.added)
-
     def delta(self) -> engine.Corpus | None:
         if self._delta is None and self.added:
             ids = list(self.added)
@@ -225,19 +222,16 @@ class RelatedReads:
         """The lists whose last place one of ``article_ids`` now beats, or that are not full."""
         with self.db.session() as session:
             vectors = self._vectors_of(session, cache, article_ids)
-            live = cache.live()
             candidates: dict[str, float] = {}  # a list owner: the best new score it saw
-            for article_id in article_ids:
-                scored: list[tuple[float, str]] = []
-                for corpus, ids in self._corpora(cache):
-                    scores = engine.score_all(
-                        vectors[article_id], corpus, cache.facets.get(article_id)
-                    )
-                    top = np.argsort(-scores)[:OWNER_CANDIDATES]
-                    scored += [(float(scores[i]), ids[i]) for i in top if np.isfinite(scores[i])]
-                scored = sorted((s, i) for s, i in scored if i != article_id and i in live)
-                for score, owner in scored[-OWNER_CANDIDATES:]:
-                    candidates[owner] = max(score, candidates.get(owner, score))
+            step = self._score_block(cache)
+            for start in range(0, len(article_ids), step):
+                block = article_ids[start : start + step]
+                for article_id, scored in zip(
+                    block, self._nearest(cache, vectors, block), strict=True
+                ):
+                    for score, owner in scored:
+                        if owner != article_id:
+                            candidates[owner] = max(score, candidates.get(owner, score))
             if not candidates:
                 return set()
             last = dict(
@@ -251,10 +245,36 @@ class RelatedReads:
         return {i for i, s in candidates.items() if i not in last or s > (last[i] or 0.0)}
 
     @staticmethod
-    def _corpora(cache: Cache) -> list[tuple[engine.Corpus, list[str]]]:
-        corpora = [(cache.base, cache.base_ids)]
+    def _score_block(cache: Cache) -> int:
+        stories = len(cache.base_ids) + len(cache.added)
+        return max(1, engine.SCORE_CELLS // max(stories, 1))
+
+    def _nearest(
+        self, cache: Cache, vectors: dict[str, engine.Vector], ids: Sequence[str]
+    ) -> list[list[tuple[float, str]]]:
+        """Each story's ``OWNER_CANDIDATES`` best-scoring live stories (itself perhaps among
+        them), best last: the base corpus's stale copies of changed stories do not count."""
+        queries = cache.model.stack([vectors[i] for i in ids])
+        facets = [cache.facets.get(i) or engine.Facets() for i in ids]
+        found: list[list[tuple[float, str]]] = [[] for _ in ids]
+        for corpus, corpus_ids, stale in self._corpora(cache):
+            scores = engine.score_many(queries, corpus, facets)
+            if stale:
+                scores[:, [corpus.position[i] for i in stale if i in corpus.position]] = -np.inf
+            for row, story_scores in enumerate(scores):
+                top = engine.top_positions(story_scores, OWNER_CANDIDATES)
+                top = top[np.isfinite(story_scores[top])]
+                found[row] += zip(
+                    story_scores[top].tolist(), [corpus_ids[i] for i in top], strict=True
+                )
+        return [sorted(f)[-OWNER_CANDIDATES:] for f in found]
+
+    @staticmethod
+    def _corpora(cache: Cache) -> list[tuple[engine.Corpus, list[str], set[str]]]:
+        """The base corpus with the ids whose copy in it is stale, then what changed since."""
+        corpora = [(cache.base, cache.base_ids, cache.removed)]
         if (delta := cache.delta()) is not None:
-            corpora.append((delta, list(cache.added)))
+            corpora.append((delta, list(cache.added), set()))
         return corpora
 
     def _vectors_of(

@@ -613,7 +613,7 @@ Pairs = tuple[np.ndarray, np.ndarray]  # (query row, stored story) of each pair
 NO_PAIRS: Pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def _top(scores: np.ndarray, count: int) -> np.ndarray:
+def top_positions(scores: np.ndarray, count: int) -> np.ndarray:
     """Positions of the ``count`` largest of ``scores`` (all of them if fewer)."""
     if len(scores) <= count:
         return np.arange(len(scores))
@@ -656,7 +656,7 @@ def _sharing_key_words(corpus: Corpus, q: _Queries, live: np.ndarray) -> Pairs:
         hits = (heavy[start:end] @ corpus.by_word).tocsr()
         for i in range(hits.shape[0]):
             row = slice(hits.indptr[i], hits.indptr[i + 1])
-            best = hits.indices[row][_top(hits.data[row], rank.word_candidates)]
+            best = hits.indices[row][top_positions(hits.data[row], rank.word_candidates)]
             queries.append(np.full(len(best), live[start + i]))
             found.append(best)
         start = end
@@ -715,22 +715,42 @@ class _Spread:
 def _boosted(
     text: np.ndarray, corpus: Corpus, q: _Queries, rows: np.ndarray, cands: np.ndarray
 ) -> np.ndarray:
-    """The text score with the section, tag and recency boosts."""
+    """The text score of each (query ``rows[i]``, story ``cands[i]``) pair with the section,
+    tag and recency boosts."""
     rank = corpus.rank
-    section: np.ndarray | float = 0.0
-    tags: np.ndarray | float = 0.0
+    section: np.ndarray | None = None
+    tags: np.ndarray | None = None
     if rank.section_boost:
         ours = q.facets.sections[rows]
-        section = rank.section_boost * ((ours >= 0) & (ours == corpus.facets.sections[cands]))
+        section = (ours >= 0) & (ours == corpus.facets.sections[cands])
     if rank.tag_boost:
         both = q.facets.tags[rows].multiply(corpus.facets.tags[cands])
-        shared = np.asarray(both.sum(axis=1)).ravel()
-        tags = rank.tag_boost * np.minimum(shared, rank.tag_boost_cap)
+        tags = np.asarray(both.sum(axis=1)).ravel()
+    gap = np.abs(q.facets.days[rows] - corpus.facets.days[cands]) if rank.recency else None
+    return _with_boosts(rank, text, section, tags, gap)
+
+
+def _with_boosts(
+    rank: RankParams,
+    text: np.ndarray,
+    same_section: np.ndarray | None,
+    shared_tags: np.ndarray | None,
+    days_apart: np.ndarray | None,
+) -> np.ndarray:
+    """The boosts applied to text scores, given (in the same shape) whether each pair shares
+    its section, how many tags it shares and how many days lie between its stories (NaN:
+    not known); None for a boost that is off."""
+    section: np.ndarray | float = 0.0
+    tags: np.ndarray | float = 0.0
+    if same_section is not None:
+        section = rank.section_boost * same_section
+    if shared_tags is not None:
+        tags = rank.tag_boost * np.minimum(shared_tags, rank.tag_boost_cap)
     add = rank.boost == "add"
     score = text + section + tags if add else text * (1 + section) * (1 + tags)
-    if rank.recency:  # a story of unknown date is taken as close in time
-        gap = np.nan_to_num(np.abs(q.facets.days[rows] - corpus.facets.days[cands]), nan=0.0)
-        score = score * (1 - rank.recency * (1 - 0.5 ** (gap / rank.recency_half_life_days)))
+    if days_apart is not None:  # a story of unknown date is taken as close in time
+        gap = np.nan_to_num(days_apart, nan=0.0)
+        score = score * (1 - rank.recency * (1 - np.exp2(-gap / rank.recency_half_life_days)))
     return np.asarray(score, dtype=np.float64)
 
 
@@ -846,13 +866,33 @@ def score_all(query: Vector, corpus: Corpus, facets: HasFacets | None = None) ->
     """One story's exact score against every stored story (-inf where the text relates
     nothing). Scores are symmetric: the lists a new story now belongs in are those whose
     last score it beats."""
-    n = len(corpus)
-    if n == 0:
-        return np.zeros(0)
-    q = _queries(corpus, _one(query, corpus), None if facets is None else [facets])
-    words = np.asarray((q.words @ corpus.by_word).todense(), dtype=np.float64).ravel()
-    text = corpus.rank.words * words + (corpus.dense @ q.dense[0]).astype(np.float64)
-    score = _boosted(text, corpus, q, np.zeros(n, np.int64), np.arange(n))
+    return score_many(_one(query, corpus), corpus, None if facets is None else [facets])[0]
+
+
+SCORE_CELLS = 4_000_000  # query-story scores held at once (32 MB): callers pass blocks
+
+
+def score_many(
+    queries: Vectors, corpus: Corpus, facets: Sequence[HasFacets] | None = None
+) -> np.ndarray:
+    """``score_all`` of several stories at once, a row each: a few products of the whole
+    block with the corpus instead of a pass over it per story. Memory is queries x stories:
+    more than ``SCORE_CELLS // len(corpus)`` queries at a time is the caller's choice."""
+    n, rank = len(corpus), corpus.rank
+    if n == 0 or len(queries) == 0:
+        return np.zeros((len(queries), n))
+    q = _queries(corpus, queries, facets)
+    words = (q.words @ corpus.by_word).toarray().astype(np.float64)
+    text = rank.words * words + (q.dense @ corpus.dense.T).astype(np.float64)
+    section = tags = gap = None
+    if rank.section_boost:
+        ours = q.facets.sections[:, None]
+        section = (ours >= 0) & (ours == corpus.facets.sections[None, :])
+    if rank.tag_boost:
+        tags = (q.facets.tags @ corpus.facets.tags.T).toarray()
+    if rank.recency:
+        gap = np.abs(q.facets.days[:, None] - corpus.facets.days[None, :])
+    score = _with_boosts(rank, text, section, tags, gap)
     score[text <= 0] = -np.inf
     return score
 
