@@ -7,6 +7,7 @@ killed before ack, relay retry) finds its row and has its effect at most once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -26,7 +27,9 @@ from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Session, dict[str, Any]], None]
+# A handler gets a run of consecutive events of its type, in order: a message of a hundred
+# stories is one call, so a handler can write for all of them in one statement.
+Handler = Callable[[Session, list[dict[str, Any]]], None]
 
 # Errors worth trying again later: the consumer tasks retry the whole message on these.
 RETRYABLE = (TransientError, OperationalError)
@@ -120,7 +123,8 @@ class Consumer:
         return outcome
 
     def _handle(self, session: Session, events: list[dict[str, Any]]) -> list[str]:
-        """Claim the events in the ledger, then run the handlers of those this claimed.
+        """Claim the events in the ledger, then hand those this claimed to their handlers, each
+        run of one type in one call.
 
         One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` writes the ledger rows: an
         event already there is a duplicate, and one a concurrent delivery is writing right
@@ -128,16 +132,18 @@ class Consumer:
         handlers' effects commit with the rows or not at all.
         """
         claimed = self._claim(session, events)
-        outcomes = []
+        outcomes, todo = [], []
         for event in events:
-            if event["id"] not in claimed:
+            if event["id"] in claimed:
+                claimed.discard(event["id"])  # the same event twice in one message: once
+                todo.append(event)
+                outcomes.append(CONSUMED)
+            else:
                 outcomes.append(DUPLICATE)
-                continue
-            claimed.discard(event["id"])  # the same event twice in one message: once
-            handler = self.handlers.get(event["type"])
+        for event_type, run in itertools.groupby(todo, key=lambda event: event["type"]):
+            handler = self.handlers.get(event_type)
             if handler is not None:
-                handler(session, event)
-            outcomes.append(CONSUMED)
+                handler(session, list(run))
         return outcomes
 
     @staticmethod

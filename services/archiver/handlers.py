@@ -18,8 +18,9 @@ from shared.consumer import Handler
 
 
 def build_handlers() -> dict[str, Handler]:
-    def recompute_around(session: Session, event: dict[str, Any]) -> None:
-        work.request(session, JOB, event["data"]["article_id"])
+    def recompute_around(session: Session, run: list[dict[str, Any]]) -> None:
+        for event in run:
+            work.request(session, JOB, event["data"]["article_id"])
 
     return {
         event_type: recompute_around

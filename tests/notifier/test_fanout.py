@@ -83,9 +83,13 @@ def endpoint(database, url: str, types: list[str] | None = None) -> tuple[str, s
         return row.id, secret
 
 
-def publish(database, title: str = "Budget passes", section: str = "politics", **data: Any):  # type: ignore[no-untyped-def]
+def publish(  # type: ignore[no-untyped-def]
+    database, title: str = "Budget passes", section: str = "politics", tags=(), **data: Any
+):
     with database.transaction() as session:
-        article = Article(slug=title.lower().replace(" ", "-"), title=title, section=section)
+        article = Article(
+            slug=title.lower().replace(" ", "-"), title=title, section=section, tags=list(tags)
+        )
         session.add(article)
         session.flush()
         lifecycle.transition(session, article, S.PUBLISHED, actor="test", **data)
@@ -133,6 +137,45 @@ def test_each_matching_confirmed_subscriber_gets_the_story_once(database, notifi
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "/subscriptions/unsubscribe?token=" in message["List-Unsubscribe"]
     assert sender.send_due("email") == 0  # sent is sent
+
+
+def test_a_message_of_many_stories_tells_each_subscriber_of_each_matching_one_once(
+    database, notifier, sink, receiver
+):
+    consumer, sender = notifier
+    mails, _ = sink
+    subscribe(database, "politics@example.org", sections=["politics"])
+    subscribe(database, "climate@example.org", tags=["climate"])
+    endpoint(database, f"{receiver.url}/hook")
+    publish(database, "Budget passes", "politics")
+    publish(database, "Floods in the north", "weather", tags=["climate", "uk"])
+    publish(database, "Cup final tonight", "sport")
+    publish(database, "Old story", "politics", origin="import")
+    message = outbox(database)
+    assert consumer.consume_message(message) == ["consumed"] * 4
+    assert consumer.consume_message(message) == ["duplicate"] * 4  # redelivered
+    assert sender.send_due("email") == 2
+    assert mails.received() == {
+        ("politics@example.org", "Budget passes"): 1,
+        ("climate@example.org", "Floods in the north"): 1,
+    }
+    assert sender.send_due("webhook") == 3  # every new story, the import excepted
+    sent = sorted(json.loads(r["body"])["data"]["title"] for r in receiver.requests)
+    assert sent == ["Budget passes", "Cup final tonight", "Floods in the north"]
+
+
+def test_a_story_and_its_retraction_in_one_message_mail_nobody(database, notifier, sink):
+    consumer, sender = notifier
+    subscribe(database, "reader@example.org")
+    article_id = publish(database)
+    with database.transaction() as session:
+        article = session.get(Article, article_id)
+        assert article is not None
+        lifecycle.transition(session, article, S.RETRACTED, actor="test", reason="legal")
+    assert consumer.consume_message(outbox(database)) == ["consumed"] * 2
+    assert sender.send_due("email") == 0
+    assert sink[0].messages == []
+    assert [d.status for d in deliveries(database)] == [DeliveryStatus.CANCELLED]
 
 
 def test_an_imported_story_tells_nobody(database, notifier, sink):

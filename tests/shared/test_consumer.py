@@ -37,7 +37,9 @@ def dead_letters(database) -> list[DeadLetter]:  # type: ignore[no-untyped-def]
 def test_an_event_is_handled_once_however_often_it_is_delivered(database):
     handled: list[str] = []
     worker = Consumer(
-        "archiver", database, {"article.published": lambda s, e: handled.append(e["id"])}
+        "archiver",
+        database,
+        {"article.published": lambda s, run: handled.extend(e["id"] for e in run)},
     )
     event = envelope()
     assert worker.consume(event) == consumer.CONSUMED
@@ -54,7 +56,7 @@ def test_each_consumer_keeps_its_own_ledger(database):
 
 
 def test_a_failing_handler_records_nothing(database):
-    def boom(session, event):  # type: ignore[no-untyped-def]
+    def boom(session, run):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
 
     event = envelope()
@@ -83,7 +85,9 @@ def test_a_message_that_is_not_an_object_is_dead_lettered_too(database):
 def test_a_message_of_many_events_is_handled_in_order_each_once(database):
     handled: list[str] = []
     worker = Consumer(
-        "archiver", database, {"article.published": lambda s, e: handled.append(e["id"])}
+        "archiver",
+        database,
+        {"article.published": lambda s, run: handled.extend(e["id"] for e in run)},
     )
     first, second, third = envelope(), envelope(), envelope()
     assert worker.consume(first) == consumer.CONSUMED
@@ -105,8 +109,8 @@ def test_a_lone_envelope_as_older_messages_carried_it_is_still_handled(database)
 
 
 def test_one_bad_event_in_a_message_does_not_hold_up_the_others(database):
-    def refuse_second(session, event):  # type: ignore[no-untyped-def]
-        if event["data"]["title"] == "bad":
+    def refuse_second(session, run):  # type: ignore[no-untyped-def]
+        if any(event["data"]["title"] == "bad" for event in run):
             raise PermanentError("cannot handle this one")
 
     good, bad, garbage, last = envelope(), envelope(), "garbage", envelope()
@@ -121,8 +125,8 @@ def test_one_bad_event_in_a_message_does_not_hold_up_the_others(database):
 
 
 def test_a_handler_bug_dead_letters_its_event_and_spares_the_rest(database):
-    def buggy(session, event):  # type: ignore[no-untyped-def]
-        if event["data"]["title"] == "bad":
+    def buggy(session, run):  # type: ignore[no-untyped-def]
+        if any(event["data"]["title"] == "bad" for event in run):
             raise ValueError("unexpected None")
 
     good, bad, last = envelope(), envelope(), envelope()
@@ -139,8 +143,8 @@ def test_a_handler_bug_dead_letters_its_event_and_spares_the_rest(database):
 def test_a_redelivered_message_does_not_dead_letter_twice(database):
     calls: list[str] = []
 
-    def flaky(session, event):  # type: ignore[no-untyped-def]
-        calls.append(event["id"])
+    def flaky(session, run):  # type: ignore[no-untyped-def]
+        calls.extend(event["id"] for event in run)
         if len(calls) == 1:  # the database blinked
             raise TransientError("database restarting")
 
@@ -160,8 +164,8 @@ def test_a_transient_failure_is_retried_for_as_long_as_it_lasts(database, settin
     failures = 20  # at up to 5 s apart, well over a minute away
     calls: list[str] = []
 
-    def database_away(session, event):  # type: ignore[no-untyped-def]
-        calls.append(event["id"])
+    def database_away(session, run):  # type: ignore[no-untyped-def]
+        calls.extend(event["id"] for event in run)
         if len(calls) <= failures:
             raise TransientError("database restarting")
 
@@ -190,7 +194,7 @@ def test_two_deliveries_at_once_have_one_effect(database):
     answers: dict[str, list[str]] = {}
     inside, release = threading.Event(), threading.Event()
 
-    def slow(session, event):  # type: ignore[no-untyped-def]
+    def slow(session, run):  # type: ignore[no-untyped-def]
         effects.append("first")
         inside.set()
         release.wait(5)
@@ -203,7 +207,7 @@ def test_two_deliveries_at_once_have_one_effect(database):
 
     first = deliver("first", slow)
     assert inside.wait(5)
-    second = deliver("second", lambda session, event: effects.append("second"))
+    second = deliver("second", lambda session, run: effects.append("second"))
     second.join(0.5)  # it must wait for the first delivery's transaction
     release.set()
     first.join(30)
