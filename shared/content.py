@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import re
@@ -45,6 +46,9 @@ ATTRIBUTE_NAME = re.compile(r'\s([a-z-]+)="[^"]*"')
 ANY_TAG = re.compile(r"<[^>]*>")
 
 
+# The request's validation and its write sanitise the same body: the second is a lookup.
+# A few entries cover the requests a process serves at once; bodies are at most 500 KB.
+@functools.lru_cache(maxsize=8)
 def sanitise_html(body: str) -> str:
     """Keep the markup an article needs; drop scripts, handlers and unsafe URLs.
 
