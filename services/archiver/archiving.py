@@ -19,7 +19,7 @@ import operator
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +38,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -123,35 +124,62 @@ class ChunkStatements:
 
     def __init__(self, settings: Settings, now: datetime):
         # Two walks of an index each, oldest first: a union would do no better, and it
-        # cannot lock its rows.
-        self.picks = [
-            select(ARTICLES.c.id)
-            .where(due)
-            .order_by(oldest)
+        # cannot lock its rows. The walk by age resumes after the last story a chunk of
+        # this sweep picked (``floor``): from the start, each chunk stepped over the index
+        # entries of every story archived before it (dead until vacuumed), and picking
+        # came to cost a third of a chunk.
+        age_key = (ARTICLES.c.published_at, ARTICLES.c.id)
+        self.by_age = (
+            select(*age_key)
+            .where(due_by_age(settings, now), tuple_(*age_key) > tuple_(*FLOOR))
+            .order_by(*age_key)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
-            for due, oldest in (
-                (due_by_age(settings, now), ARTICLES.c.published_at),
-                (due_by_own_date(now), ARTICLES.c.archive_after),
-            )
-        ]
+        )
+        self.by_own_date = (
+            select(ARTICLES.c.id)
+            .where(due_by_own_date(now))
+            .order_by(ARTICLES.c.archive_after)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
         self.steps = _steps(now)
+        self._floor = START
+        self._floor_lock = threading.Lock()
+
+    def rewind(self) -> None:
+        """Walk by age from the start again: for stories a rolled-back chunk left behind,
+        or that another transaction held while the sweep went past."""
+        with self._floor_lock:
+            self._floor = START
 
     def archive_chunk(self, session: Session, limit: int) -> int:
         """Archive up to ``limit`` due articles in the session's transaction; returns how
         many."""
         connection = session.connection()
-        picked: list[Any] = []
-        for pick in self.picks:
-            if len(picked) < limit:
-                picked += connection.execute(pick, {"limit": limit - len(picked)}).all()
+        with self._floor_lock:
+            after_at, after_id = self._floor
+        by_age = connection.execute(
+            self.by_age, {"limit": limit, "after_at": after_at, "after_id": after_id}
+        ).all()
+        if by_age:
+            with self._floor_lock:
+                self._floor = max(self._floor, tuple(by_age[-1]))
+        picked = [id_ for _, id_ in by_age]
+        if len(picked) < limit:
+            picked += connection.scalars(self.by_own_date, {"limit": limit - len(picked)}).all()
         if not picked:
             return 0
         # [article id, event id] for each, serialised once
-        chunk = {"chunk": json.dumps([[id_, new_id()] for (id_,) in picked])}
+        chunk = {"chunk": json.dumps([[id_, new_id()] for id_ in picked])}
         for step in self.steps:
             connection.execute(step, chunk)
         return len(picked)
+
+
+# Where the walk by age starts: before every (published_at, id).
+START: tuple[datetime, str] = (datetime(1, 1, 1, tzinfo=UTC), "")
+FLOOR = (bindparam("after_at", type_=UTCDateTime), bindparam("after_id", type_=Text))
 
 
 # What the data of an ``article.archived`` event reads of its article.
@@ -349,7 +377,9 @@ def sweep(
 
     workers = max(1, settings.archive_sweep_workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="archive-sweep") as pool:
-        return sum(pool.map(one_worker, range(workers)))
+        swept = sum(pool.map(one_worker, range(workers)))
+    statements.rewind()  # once more from the start, for what was held as the walk went by
+    return swept + one_worker(0)
 
 
 def _sweep_chunks(

@@ -174,6 +174,31 @@ def test_sweeps_running_at_once_archive_each_story_once(client, editor, database
     assert audited == rows == events == 60
 
 
+def test_a_story_held_while_the_sweep_went_past_is_archived_by_that_sweep(
+    client, editor, database, policy
+):
+    # An editor's transaction holds the oldest aged story: the first chunk skips it and the
+    # walk goes on past it. Released meanwhile, it is still archived before the sweep ends.
+    one_by_one = replace(policy, archive_sweep_chunk=2, archive_sweep_workers=1)
+    ids = [publish(client, editor, f"old {n}", 100 - n, section="news")["id"] for n in range(6)]
+    holder = database.engine.connect()
+    held = holder.begin()
+    holder.execute(select(Article.id).where(Article.id == ids[0]).with_for_update())
+    chunks: list[int] = []
+
+    def after_chunk(rows: int) -> None:
+        chunks.append(rows)
+        if held.is_active:
+            held.commit()  # the editor is done: the walk is already past the story
+
+    try:
+        assert sweep(database, one_by_one, on_chunk=after_chunk) == 6
+    finally:
+        holder.close()
+    assert set(statuses(database).values()) == {"archived"}
+    assert chunks == [2, 2, 1, 1]  # the last one is the story that was held
+
+
 def test_a_large_sweep_leaves_the_planner_knowing_the_outbox(database, policy):
     # The relay plans its lookups by the outbox's statistics; a sweep that grows the outbox
     # from nothing must not leave PostgreSQL believing it holds a handful of rows.
