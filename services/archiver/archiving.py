@@ -148,8 +148,8 @@ class ChunkStatements:
         self._floor_lock = threading.Lock()
 
     def rewind(self) -> None:
-        """Walk by age from the start again: for stories a rolled-back chunk left behind,
-        or that another transaction held while the sweep went past."""
+        """Walk by age from the start again, for the stories another transaction (an
+        editor's, another sweep's) held while this sweep's walk went past them."""
         with self._floor_lock:
             self._floor = START
 

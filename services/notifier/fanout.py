@@ -2,9 +2,9 @@
 
 Rows only, set-based (one ``INSERT ... SELECT`` per channel, however many subscribers and
 however many events of a kind the message carried): the sending happens after the commit
-(:mod:`services.notifier.sending`). Idempotent twice
-over: the consumer's ledger skips a redelivered event, and the deliveries' unique key
-(event, channel, destination, kind) skips any row already written.
+(:mod:`services.notifier.sending`). Idempotent twice over: the consumer's ledger skips a
+redelivered event, and the deliveries' unique key (event, channel, destination, kind) skips
+any row already written.
 
 Matching: a subscription with neither sections nor tags wants everything; otherwise a
 story matches if its section is one of the sections or it shares a tag.
