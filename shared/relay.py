@@ -52,9 +52,12 @@ class Relay:
                 self._mark(session, rows, done, failed)
             sent += done
             out_of_time = budget is not None and time.monotonic() - started >= budget
-            # Until a pass finds nothing: with relays side by side, a short pass may only
-            # mean another relay held rows (or their articles' earlier events) meanwhile.
-            if failed or not fetched or out_of_time:
+            # A pass that fetched less than a batch and could send all of it saw everything
+            # pending then (what commits later wakes the relays again). A full batch, or a
+            # row held back because another relay holds its article's earlier event, may
+            # leave more: another pass, until one comes back empty.
+            saw_all = fetched < self.batch and len(rows) == fetched
+            if failed or not fetched or saw_all or out_of_time:
                 return sent
 
     def _heads(self, session: Session) -> tuple[Sequence[Row[Any]], int]:
