@@ -3,10 +3,12 @@ Celery's own tools as ``pressroom celery ...`` / ``pressroom flower`` do."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 from celery import Celery
+from celery.app import trace
 from kombu import Queue
 
 from shared.bus import CONSUMERS
@@ -17,6 +19,7 @@ from shared.logs import configure_logging
 
 def run_worker(settings: Settings, service: str, concurrency: int | None = None) -> None:
     configure_logging(settings.log_level, settings.secrets())
+    quiet_task_lines()
     if service == "archiver":
         from services.archiver.celery_app import create_app
     else:
@@ -33,6 +36,15 @@ def run_worker(settings: Settings, service: str, concurrency: int | None = None)
             "--without-gossip",
         ]
     )  # fmt: skip
+
+
+def quiet_task_lines() -> None:
+    """Drop Celery's lines for each task received and each task that succeeded: the
+    consumer's own line already says what became of each event, and at fifty messages a
+    second the two took a share of the worker's CPU and two thirds of the log. Retries and
+    failures are still logged."""
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+    logging.getLogger("celery.app.trace").addFilter(lambda record: record.msg != trace.LOG_SUCCESS)
 
 
 def run_beat(settings: Settings) -> None:
