@@ -12,9 +12,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.archiver.related import JOB
 from shared import events, work
 from shared.consumer import Handler
+
+# The due work the handlers ask for: recompute the lists around one story (key: its id).
+# Defined here, not beside the recomputation, so the worker never loads the numerical stack.
+JOB = "related.article"
 
 
 def build_handlers() -> dict[str, Handler]:

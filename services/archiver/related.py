@@ -40,7 +40,6 @@ from shared.models import ArticleStatus as S
 
 log = logging.getLogger(__name__)
 
-JOB = "related.article"  # due work: recompute around one story (key: its id)
 REBUILD_AFTER = 2_000  # stories changed since the cache was built: build it afresh
 OWNER_CANDIDATES = 200  # a story can enter only the lists of the stories nearest to it
 FIT_INLINE_UP_TO = 5_000  # published stories a first model is fitted on inside an event

@@ -24,7 +24,7 @@ import time
 
 import psycopg
 
-from services.archiver.related import JOB, RelatedReads
+from services.archiver.handlers import JOB
 from shared import work
 from shared.config import Settings
 from shared.db import libpq_conninfo
@@ -46,6 +46,10 @@ def run(settings: Settings, parent: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Imported here: the worker that starts this process never loads scikit-learn, which
+    # took a second and a half of its start-up, while events waited for its consumers.
+    from services.archiver.related import RelatedReads
+
     runtime = Runtime(settings)
     lists = RelatedReads(runtime.db, settings)
 

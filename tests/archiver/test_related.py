@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from services.archiver.related import JOB, RelatedReads
+from services.archiver.handlers import JOB
+from services.archiver.related import RelatedReads
 from shared import work
 from shared.related_lists import list_of
 
