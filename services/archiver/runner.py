@@ -15,12 +15,14 @@ number of them may run, one per archiver worker: they claim due rows with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -42,7 +44,7 @@ RESTART_MAX_S = 30.0
 def run(settings: Settings, parent: int) -> None:
     """The process: until SIGTERM, or until ``parent`` (the worker) is gone."""
     configure_logging(settings.log_level, settings.secrets())
-    os.nice(NICE)
+    _take_lower_priority()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -83,6 +85,25 @@ def run(settings: Settings, parent: int) -> None:
             stop.wait(backoff)
             backoff = min(RESTART_MAX_S, backoff * 2)
     runtime.close()
+
+
+def _take_lower_priority() -> None:
+    """Run only on CPU the stack leaves idle: this process is busy under any stream of
+    publications, and its lists may wait where a consumer's events may not.
+
+    NICE below the worker where nothing better exists. On Linux also the idle scheduling
+    class (a waking consumer or request takes the CPU from it at once) and a session of
+    its own ranked as low: with the kernel's autogroups a session shares the machine as a
+    whole, so in the worker's session this process would take the share of the archiver's
+    own consumers."""
+    niceness = os.nice(NICE)
+    autogroup = Path("/proc/self/autogroup")
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    if autogroup.exists():
+        with contextlib.suppress(OSError):
+            os.setsid()
+            autogroup.write_text(f"{niceness}\n")
 
 
 class Supervisor:
