@@ -100,6 +100,7 @@ TARGET_CREATIONS_PER_S = 400.0
 TARGET_CREATE_P99_MS = 150.0
 TARGET_E2E_P50_MS = 25.0
 TARGET_E2E_P99_MS = 150.0
+WARM_UP_S = 2.0  # of load before the first counted run of parts 1 and 2
 RECIPE_FLOOR = {1: 1000.0, 2: 2200.0}  # RECIPES.md: no-op tasks/s for 1 and 2 processes
 
 NOOP_QUEUE = "bench-noop"
@@ -514,8 +515,8 @@ def run_part1(
         return article_spec(token, corpus, uuid.uuid4().hex[:6])
 
     result = Part1()
-    say("part 1: warming up (2 s of each, not counted)")
-    load(creations(), 2.0)
+    say(f"part 1: warming up ({WARM_UP_S:g} s of each, not counted)")
+    load(creations(), WARM_UP_S)
     load(health, 1.0)
     wait_caught_up(engine, args.drain_timeout)
     for run in range(1, args.runs + 1):
@@ -682,6 +683,9 @@ def run_part2(
 ) -> list[Part2Run]:
     runs = []
     sampler = stack_sampler(stack.pid, stack.database_url)
+    # As part 1: the first events after a start also wait for the workers' own start.
+    say(f"part 2: warming up ({WARM_UP_S:g} s at the rate, not counted)")
+    asyncio.run(_paced(stack.port, article_spec(token, corpus, "warm"), args.rate, WARM_UP_S))
     wait_caught_up(engine, args.drain_timeout)
     for run in range(1, args.runs + 1):
         spec = article_spec(token, corpus, uuid.uuid4().hex[:6])
