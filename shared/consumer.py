@@ -39,15 +39,6 @@ DUPLICATE = "duplicate"
 DEAD = "dead-lettered"
 
 
-AFTER_COMMIT = "pressroom_after_commit"
-
-
-def after_commit(session: Session, callback: Callable[[], object]) -> None:
-    """From a handler: run ``callback`` once the ledger transaction has committed (to wake
-    the senders of the rows it wrote), never if it rolls back."""
-    session.info.setdefault(AFTER_COMMIT, []).append(callback)
-
-
 class Consumer:
     """One consumer service: its name (also its queue) and a handler per event type.
 
@@ -90,7 +81,6 @@ class Consumer:
             try:
                 with self.db.transaction() as session:
                     handled = self._handle(session, [event for _, event in parsed])
-                self._after_commit(session)
                 for (index, _), outcome in zip(parsed, handled, strict=True):
                     outcomes[index] = outcome
             except Exception:  # rolled back: each event alone shows which one it was
@@ -111,7 +101,6 @@ class Consumer:
         try:
             with self.db.transaction() as session:
                 [outcome] = self._handle(session, [event])
-            self._after_commit(session)
         except RETRYABLE:
             raise
         except PermanentError as exc:
@@ -145,16 +134,6 @@ class Consumer:
             if handler is not None:
                 handler(session, list(run))
         return outcomes
-
-    @staticmethod
-    def _after_commit(session: Session) -> None:
-        """Run what the handlers asked for once their rows are committed (:func:`after_commit`),
-        each once however many events asked."""
-        for callback in dict.fromkeys(session.info.pop(AFTER_COMMIT, [])):
-            try:
-                callback()
-            except Exception:  # the rows are safe: the periodic jobs pick them up
-                log.exception("after-commit work failed; left to the periodic jobs")
 
     def _claim(self, session: Session, events: list[dict[str, Any]]) -> set[str]:
         rows = [

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +27,11 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -164,20 +168,74 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work commits on success and rolls back on error."""
-        with self.session() as session, session.begin():
-            yield session
+        """A session whose work commits on success and rolls back on error; then what was
+        asked for with :func:`after_commit` runs."""
+        with self.session() as session:
+            with session.begin():
+                yield session
+            _run_after_commit(session)
 
     @contextmanager
     def autocommit(self) -> Iterator[Session]:
         """A session in which each statement commits on its own, for work that is a single
         statement (or several, each whole by itself): no ``BEGIN`` and ``COMMIT`` round trips
-        around it, two of an article creation's three."""
+        around it, two of an article creation's three. What was asked for with
+        :func:`after_commit` runs at the end, also after an error: what ran has committed."""
         with self.session(bind=self._autocommit) as session:
-            yield session
+            try:
+                yield session
+            finally:
+                _run_after_commit(session)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+AFTER_COMMIT = "pressroom.after_commit"  # session.info: {key: callback}
+
+
+def after_commit(
+    session: Session, callback: Callable[[], object], key: Hashable | None = None
+) -> None:
+    """Run ``callback`` once the transaction of a :meth:`Database.transaction` (or the
+    statements of a :meth:`Database.autocommit`) session has committed, never if it rolls
+    back; once per ``key`` (the callback itself by default) however often it is asked."""
+    session.info.setdefault(AFTER_COMMIT, {}).setdefault(callback if key is None else key, callback)
+
+
+def notify_after_commit(session: Session, channel: str, payload: str = "") -> None:
+    """``NOTIFY channel, payload`` once the session's transaction has committed, in a
+    transaction of its own that commits without waiting for its WAL flush (it writes
+    nothing worth keeping); once per transaction however often it is asked.
+
+    Not in the writer's transaction: PostgreSQL serialises the commits of transactions that
+    notify, each holding one lock through its WAL flush, so under concurrent writes each
+    waited for the flushes of all before it instead of sharing one. A listener that misses
+    the wake-up (the writer died just after its commit) finds the rows when it next looks.
+    """
+    if not _CHANNEL.fullmatch(channel) or not _PAYLOAD.fullmatch(payload):
+        raise ValueError(f"not a plain channel name and payload: {channel!r}, {payload!r}")
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    sql = f"BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY {channel}, '{payload}'; COMMIT"
+
+    def notify() -> None:
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(sql)
+
+    after_commit(session, notify, key=(notify_after_commit, channel, payload))
+
+
+_CHANNEL = re.compile(r"[a-z_][a-z0-9_]*")  # written into the statement: plain words only
+_PAYLOAD = re.compile(r"[a-z0-9_.]*")
+
+
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(AFTER_COMMIT, {}).values():
+        try:
+            callback()
+        except Exception:  # the rows are committed: whatever waits on them looks again later
+            log.exception("after-commit work failed; left to the periodic jobs")
 
 
 def analyze(db: Database, *tables: str) -> None:

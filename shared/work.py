@@ -28,13 +28,13 @@ from sqlalchemy import bindparam, delete, event, func, insert, or_, select, tupl
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from shared.db import Database, utcnow
+from shared.db import Database, notify_after_commit, utcnow
 from shared.errors import PermanentError
 from shared.models import DueWork, FailedWork
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "pressroom_due_work"  # NOTIFY'd by a transaction that asked for work
+CHANNEL = "pressroom_due_work"  # NOTIFY'd once a transaction that asked for work commits
 PENDING = "pressroom.work.pending"  # session.info: (transaction, its requests by kind and key)
 
 # Seconds before each retry of a failed run; after the last, the work has failed for good.
@@ -65,8 +65,9 @@ def request(
     Work already waiting keeps its place (the earlier due time) and takes the new payload.
     The requests of one transaction are written together when it commits, in one round
     trip (a consumer asks once per event, up to a hundred in a message), and a runner
-    waiting on :data:`CHANNEL` is woken then, once per kind. A rollback writes none; a
-    savepoint's rollback is not tracked (nothing here uses savepoints): its requests stay.
+    waiting on :data:`CHANNEL` is woken after the commit, once per kind. A rollback writes
+    none; a savepoint's rollback is not tracked (nothing here uses savepoints): its
+    requests stay.
     """
     transaction = session.get_transaction() or session.begin()
     pending = session.info.get(PENDING)
@@ -90,7 +91,7 @@ def _write_requests(session: Session) -> None:
     requests = list(pending[1].values())
     session.execute(_request_statement(), requests)
     for kind in dict.fromkeys(request["kind"] for request in requests):
-        session.execute(select(func.pg_notify(CHANNEL, kind)))  # delivered at the commit
+        notify_after_commit(session, CHANNEL, kind)
 
 
 @functools.cache

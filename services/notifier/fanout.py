@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
-from shared.consumer import after_commit
+from shared.db import after_commit
 from shared.models import Channel, Delivery, DeliveryStatus
 from shared.models import DeliveryKind as K
 
@@ -108,7 +108,7 @@ class FanOut:
             return
         result: Any = session.execute(statement, _rows(events, kind))
         if result.rowcount:
-            after_commit(session, functools.partial(self.wake, channel))
+            after_commit(session, functools.partial(self.wake, channel), key=(self.wake, channel))
 
     def on_published(self, session: Session, events: list[dict[str, Any]]) -> None:
         """New stories: an email to each matching confirmed subscriber, the event to each
