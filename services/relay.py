@@ -1,11 +1,12 @@
 """``pressroom relay``: the process that moves events from the outbox to the broker.
 
-It sleeps on PostgreSQL's ``LISTEN`` until the outbox's trigger says a transaction wrote
-events, then relays everything pending. Between wake-ups it also runs the publisher's
-periodic jobs, so they need no worker: the publication of scheduled stories that are due, and the
-search for events a consumer lost (:mod:`shared.redelivery`). Several relays may run side
-by side: each skips the rows another holds. With no notification it still looks at the
-outbox every OUTBOX_SWEEP_SECONDS, in case one was missed while it reconnected.
+It sleeps on PostgreSQL's ``LISTEN`` until a writer of events says, once committed, that
+it wrote some (:func:`shared.bus.wake_relays`), then relays everything pending. Between
+wake-ups it also runs the publisher's periodic jobs, so they need no worker: the
+publication of scheduled stories that are due, and the search for events a consumer lost
+(:mod:`shared.redelivery`). Several relays may run side by side: each skips the rows
+another holds. With no notification it still looks at the outbox every
+OUTBOX_SWEEP_SECONDS, in case one was missed while it reconnected or its writer died.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from shared import events
-from shared.db import utcnow
+from shared.db import notify_after_commit, utcnow
 from shared.models import OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,23 @@ def send_in_messages(send: Send, queue: str, envelopes: Iterable[Any]) -> int:
 _WRITE_EVENT = insert(OutboxEvent)
 
 
+# The relays LISTEN on this channel for outbox rows that committed.
+OUTBOX_CHANNEL = "pressroom_outbox"
+
+
 def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """Write an event to the outbox, in the caller's transaction; returns its envelope."""
     envelope, row = outbox_row(event_type, data)
     session.connection().execute(_WRITE_EVENT, row)
+    wake_relays(session)
     return envelope
+
+
+def wake_relays(session: Session) -> None:
+    """For every writer of outbox rows: the relays are woken once the transaction commits
+    (:func:`shared.db.notify_after_commit`), and otherwise find the rows within
+    OUTBOX_SWEEP_SECONDS."""
+    notify_after_commit(session, OUTBOX_CHANNEL)
 
 
 def outbox_row(event_type: str, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

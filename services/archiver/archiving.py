@@ -46,7 +46,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import TableValuedAlias
 
-from shared import events
+from shared import bus, events
 from shared.config import Settings
 from shared.db import (
     Database,
@@ -174,6 +174,7 @@ class ChunkStatements:
         chunk = {"chunk": json.dumps([[id_, new_id()] for id_ in picked])}
         for step in self.steps:
             connection.execute(step, chunk)
+        bus.wake_relays(session)
         return len(picked)
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from services.publisher.articles.schemas import BODY, SECTION, TITLE
-from shared import events
+from shared import bus, events
 from shared.bus import batched
 from shared.content import base_slug, paragraphs_to_html, sanitise_html
 from shared.db import Database, analyze, new_id, utcnow
@@ -287,4 +287,5 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> int:
     session.execute(insert(ArticleHistory), history)
     if outbox:
         session.execute(insert(OutboxEvent), outbox)
+        bus.wake_relays(session)
     return len(batch)

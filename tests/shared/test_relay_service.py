@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
+import psycopg
 import pytest
 import redis as redis_lib
 from sqlalchemy import update
 
+from services.archiver.archiving import sweep
+from services.publisher.importer import import_file
 from services.relay import RelayService
 from shared import lifecycle, redelivery
 from shared.bus import CelerySender
 from shared.celery import create_celery
-from shared.db import utcnow
+from shared.db import libpq_conninfo, utcnow
 from shared.models import Article, ConsumedEvent, OutboxEvent
 from shared.models import ArticleStatus as S
+from shared.relay import CHANNEL
 from shared.runtime import Runtime
 from tests.brokers import queued
 from tests.e2e.conftest import wait_for
+from tests.publisher.helpers import article
 
 
 @pytest.fixture
@@ -71,6 +77,56 @@ def test_a_steady_stream_of_commits_keeps_waking_the_relay(database, redis_url, 
     # Each within seconds, not at the 60 s sweep.
     assert wait_for(lambda: len(queued_events(redis_url, "archiver")) == 200, 5, 0.05)
     assert sorted(queued_events(redis_url, "archiver")) == sorted(published)
+
+
+def test_every_writer_of_events_wakes_the_relay(
+    client, editor, database, settings, redis_url, running_relay, tmp_path
+):
+    # The API's one-statement creation, an import and an archive sweep: each wakes the
+    # relay once it has committed, well before the 60 s look at the outbox.
+    aged = (utcnow() - timedelta(days=400)).isoformat()
+    body = article(title="Wakes the relay", status="published", published_at=aged)
+    created = client.post("/api/v1/articles", json=body, headers=editor)
+    assert created.status_code == 201
+    story = created.json["id"]
+    assert wait_for(lambda: queued_types(redis_url, story) == ["article.published"], 3, 0.01)
+
+    assert sweep(database, settings) == 1
+    assert wait_for(lambda: queued_types(redis_url, story)[-1:] == ["article.archived"], 3, 0.01)
+
+    path = tmp_path / "one.csv"
+    path.write_text("title,body\nImported story,A body.\n")
+    assert import_file(database, path).imported == 1
+    assert wait_for(lambda: len(queued_events(redis_url, "archiver")) == 3, 3, 0.01)
+
+
+def test_a_write_rolled_back_wakes_no_relay(database, settings):
+    with psycopg.connect(libpq_conninfo(settings.db_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        with pytest.raises(RuntimeError), database.transaction() as session:
+            article_id = publish_in(session)
+            raise RuntimeError("the editor's request failed")
+        assert list(listener.notifies(timeout=0.5)) == []
+        with database.transaction() as session:
+            article_id = publish_in(session)
+        assert [n.channel for n in listener.notifies(timeout=2, stop_after=1)] == [CHANNEL]
+    assert article_id
+
+
+def publish_in(session) -> str:  # type: ignore[no-untyped-def]
+    article = Article(slug=f"s-{uuid.uuid4().hex[:8]}", title="Story")
+    session.add(article)
+    session.flush()
+    lifecycle.transition(session, article, S.PUBLISHED, actor="test")
+    return article.id
+
+
+def queued_types(redis_url: str, article_id: str) -> list[str]:
+    return [
+        message["envelope"]["type"]
+        for message in queued(redis_url, "archiver")
+        if message["envelope"]["subject"] == article_id
+    ]
 
 
 def queued_events(redis_url: str, queue: str) -> list[str]:

@@ -126,7 +126,10 @@ def _insert(session: Session, article: Article, actor: str) -> bool:
     if announce:
         _, event = bus.outbox_row(events.ARTICLE_PUBLISHED, lifecycle.announcement(article))
         params.update({f"event_{k}": v for k, v in event.items() if k != "article_id"})
-    return session.connection().execute(_create_statement(announce), params).first() is not None
+    inserted = session.connection().execute(_create_statement(announce), params).first()
+    if inserted is not None and announce:
+        bus.wake_relays(session)
+    return inserted is not None
 
 
 HISTORY_COLUMNS = ("actor", "at", "from_status", "to_status", "reason")
