@@ -170,10 +170,9 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on error; then what was
         asked for with :func:`after_commit` runs."""
-        with self.session() as session:
-            with session.begin():
-                yield session
-            _run_after_commit(session)
+        with self.session() as session, session.begin():
+            yield session
+        _run_after_commit(session)  # its connection back in the pool: this may take one
 
     @contextmanager
     def autocommit(self) -> Iterator[Session]:
@@ -181,11 +180,12 @@ class Database:
         statement (or several, each whole by itself): no ``BEGIN`` and ``COMMIT`` round trips
         around it, two of an article creation's three. What was asked for with
         :func:`after_commit` runs at the end, also after an error: what ran has committed."""
-        with self.session(bind=self._autocommit) as session:
-            try:
+        session = self.session(bind=self._autocommit)
+        try:
+            with session:
                 yield session
-            finally:
-                _run_after_commit(session)
+        finally:
+            _run_after_commit(session)
 
     def dispose(self) -> None:
         self.engine.dispose()
