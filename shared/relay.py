@@ -38,8 +38,8 @@ class Relay:
         self.statements = _relay_statements()
 
     def relay(self, *, budget: float | None = None) -> int:
-        """Relay what is pending, batch after batch for up to ``budget`` seconds; returns
-        how many were sent.
+        """Relay what is pending when it starts, batch after batch for up to ``budget``
+        seconds; returns how many were sent. What commits meanwhile wakes the relays again.
 
         Stops quietly at the first broker failure: what was not sent stays in the outbox
         for the next pass.

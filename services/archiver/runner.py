@@ -16,6 +16,7 @@ number of them may run, one per archiver worker: they claim due rows with
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ NICE = 10  # CPU priority below the API's and the consumers'
 WAKE_EVERY_S = 5.0  # with no notification: retries come due, a killed runner's leases end
 REFIT_CHECK_EVERY_S = 3600.0
 RESTART_MAX_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def run(settings: Settings, parent: int) -> None:
@@ -88,22 +90,25 @@ def run(settings: Settings, parent: int) -> None:
 
 
 def _take_lower_priority() -> None:
-    """Run only on CPU the stack leaves idle: this process is busy under any stream of
-    publications, and its lists may wait where a consumer's events may not.
+    """The lowest priority the machine offers: lists may wait, a consumer's events may not.
 
-    NICE below the worker where nothing better exists. On Linux also the idle scheduling
-    class (a waking consumer or request takes the CPU from it at once) and a session of
-    its own ranked as low: with the kernel's autogroups a session shares the machine as a
-    whole, so in the worker's session this process would take the share of the archiver's
-    own consumers."""
+    NICE below the worker everywhere. On Linux also the idle scheduling class (a waking
+    consumer or request preempts it at once) and a session of its own ranked at that nice
+    value: with the kernel's autogroups a session competes as a whole, so in the worker's
+    session this always-busy process kept that session (nice 5) asking for CPU against the
+    publisher and the servers. Out of the worker's process group, the stack's kill of the
+    worker no longer reaches it: the kernel kills it when the worker dies (nothing is lost:
+    its transactions roll back, its leases run out)."""
     niceness = os.nice(NICE)
-    autogroup = Path("/proc/self/autogroup")
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    if autogroup.exists():
-        with contextlib.suppress(OSError):
-            os.setsid()
-            autogroup.write_text(f"{niceness}\n")
+    autogroup = Path("/proc/self/autogroup")
+    if not autogroup.exists():
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        autogroup.write_text(f"{niceness}\n")
 
 
 class Supervisor:

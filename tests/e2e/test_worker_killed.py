@@ -22,6 +22,11 @@ def pool_children(pid: int) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline") as fh:
+        return fh.read()
+
+
 def test_messages_held_by_a_killed_worker_are_consumed(
     client, editor, database, settings, workers, redis_url
 ):
@@ -44,3 +49,23 @@ def test_messages_held_by_a_killed_worker_are_consumed(
     workers.start(quick, "archiver")
     consumed = lambda: {e for e, c in ledger(database) if c == "archiver"}  # noqa: E731
     assert wait_for(lambda: len(consumed()) == len(ids), 90, 0.5), workers.logs()
+
+
+def test_the_related_reads_process_ends_with_its_killed_worker(settings, workers):
+    # It leads a session of its own (its CPU priority), so the worker's process group,
+    # which the stack kills, no longer includes it: the kernel ends it with the worker.
+    workers.start(settings, "archiver")
+    archiver = workers.procs[0]
+
+    def related() -> list[int]:  # started by a thread of the worker's, not its main one
+        children = []
+        for thread in os.listdir(f"/proc/{archiver.pid}/task"):
+            with open(f"/proc/{archiver.pid}/task/{thread}/children") as fh:
+                children += [int(p) for p in fh.read().split()]
+        return [pid for pid in children if "multiprocessing.spawn" in cmdline(pid)]
+
+    assert wait_for(related, 60), workers.logs()
+    [process] = related()
+    os.killpg(archiver.pid, signal.SIGKILL)
+    archiver.wait(10)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{process}"), 10, 0.1)
