@@ -11,7 +11,6 @@ stops every child (its whole process group), the servers last.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import signal
@@ -26,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from shared import processes
 from shared.config import Settings
 from shared.db import make_engine
 from shared.embedded_postgres import EmbeddedPostgres
@@ -34,7 +34,6 @@ from shared.errors import ConfigError
 from shared.migrate import upgrade
 
 STOP_GRACE_S = 15
-PR_SET_PDEATHSIG = 1
 SOCKET_PATH_MAX = 107  # bytes of a unix socket's path on Linux (sun_path is 108)
 SERVERS = ("postgres", "redis")  # stopped last, so the others can finish their work
 # The workers' and beat's CPU priority (nice): on one machine an editor's request is served
@@ -54,14 +53,10 @@ def _prepare_child(sig: int, nice: int) -> Callable[[], None]:
     and a background child takes its CPU priority."""
 
     def arrange() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        processes.end_with_parent(sig)
         if nice:
             os.nice(nice)
-            # Each child leads a session of its own, and with the kernel's autogroups a
-            # nice value only ranks processes within their session: rank the session too.
-            with contextlib.suppress(OSError):
-                Path("/proc/self/autogroup").write_text(f"{nice}\n")
+            processes.rank_session(nice)  # each child leads a session of its own
 
     return arrange
 

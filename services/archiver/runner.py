@@ -16,19 +16,17 @@ number of them may run, one per archiver worker: they claim due rows with
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 
 from services.archiver.handlers import JOB
-from shared import work
+from shared import processes, work
 from shared.config import Settings
 from shared.db import libpq_conninfo
 from shared.logs import configure_logging
@@ -40,7 +38,6 @@ NICE = 10  # CPU priority below the API's and the consumers'
 WAKE_EVERY_S = 5.0  # with no notification: retries come due, a killed runner's leases end
 REFIT_CHECK_EVERY_S = 3600.0
 RESTART_MAX_S = 30.0
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def run(settings: Settings, parent: int) -> None:
@@ -102,13 +99,14 @@ def _take_lower_priority() -> None:
     niceness = os.nice(NICE)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    autogroup = Path("/proc/self/autogroup")
-    if not autogroup.exists():
+    if not processes.AUTOGROUP.exists():
         return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    processes.end_with_parent(signal.SIGKILL)
+    try:
         os.setsid()
-        autogroup.write_text(f"{niceness}\n")
+    except OSError:
+        return
+    processes.rank_session(niceness)
 
 
 class Supervisor:
