@@ -23,10 +23,10 @@ import psycopg
 import redis
 
 from shared import lifecycle, redelivery
-from shared.bus import CelerySender
+from shared.bus import OUTBOX_CHANNEL, CelerySender
 from shared.celery import broker_lists
 from shared.db import libpq_conninfo
-from shared.relay import CHANNEL, Relay
+from shared.relay import Relay
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class RelayService:
         with psycopg.connect(
             libpq_conninfo(self.runtime.settings.db_url), autocommit=True, connect_timeout=3
         ) as conn:
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
             log.info("relay listening for outbox commits")
             previous = 0
             while not stop.is_set():

@@ -18,14 +18,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
 from shared import events
-from shared.bus import CONSUMERS, MESSAGE_EVENTS, OUTBOX_CHANNEL, ROUTES, Sender, batched
+from shared.bus import CONSUMERS, MESSAGE_EVENTS, ROUTES, Sender, batched
 from shared.db import Database, json_elements, utcnow
 from shared.models import OutboxEvent
 
 log = logging.getLogger(__name__)
-
-# What a writer of outbox rows notifies once it has committed (shared.bus.wake_relays).
-CHANNEL = OUTBOX_CHANNEL
 
 
 class Relay:

@@ -18,12 +18,11 @@ from services.archiver.archiving import sweep
 from services.publisher.importer import import_file
 from services.relay import RelayService
 from shared import lifecycle, redelivery
-from shared.bus import CelerySender
+from shared.bus import OUTBOX_CHANNEL, CelerySender
 from shared.celery import create_celery
 from shared.db import libpq_conninfo, utcnow
 from shared.models import Article, ConsumedEvent, OutboxEvent
 from shared.models import ArticleStatus as S
-from shared.relay import CHANNEL
 from shared.runtime import Runtime
 from tests.brokers import queued
 from tests.e2e.conftest import wait_for
@@ -102,14 +101,14 @@ def test_every_writer_of_events_wakes_the_relay(
 
 def test_a_write_rolled_back_wakes_no_relay(database, settings):
     with psycopg.connect(libpq_conninfo(settings.db_url), autocommit=True) as listener:
-        listener.execute(f"LISTEN {CHANNEL}")
+        listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
         with pytest.raises(RuntimeError), database.transaction() as session:
             article_id = publish_in(session)
             raise RuntimeError("the editor's request failed")
         assert list(listener.notifies(timeout=0.5)) == []
         with database.transaction() as session:
             article_id = publish_in(session)
-        assert [n.channel for n in listener.notifies(timeout=2, stop_after=1)] == [CHANNEL]
+        assert [n.channel for n in listener.notifies(timeout=2, stop_after=1)] == [OUTBOX_CHANNEL]
     assert article_id
 
 
