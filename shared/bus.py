@@ -12,8 +12,9 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from shared import events
-from shared.db import notify_after_commit, utcnow
+from shared.db import utcnow
 from shared.models import OutboxEvent
+from shared.wakeups import notify_after_commit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,7 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, A
 
 def wake_relays(session: Session) -> None:
     """For every writer of outbox rows: the relays are woken once the transaction commits
-    (:func:`shared.db.notify_after_commit`), and otherwise find the rows within
+    (:func:`shared.wakeups.notify_after_commit`), and otherwise find the rows within
     OUTBOX_SWEEP_SECONDS."""
     notify_after_commit(session, OUTBOX_CHANNEL)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -201,33 +200,6 @@ def after_commit(
     statements of a :meth:`Database.autocommit`) session has committed, never if it rolls
     back; once per ``key`` (the callback itself by default) however often it is asked."""
     session.info.setdefault(AFTER_COMMIT, {}).setdefault(callback if key is None else key, callback)
-
-
-def notify_after_commit(session: Session, channel: str, payload: str = "") -> None:
-    """``NOTIFY channel, payload`` once the session's transaction has committed, in a
-    transaction of its own that commits without waiting for its WAL flush (it writes
-    nothing worth keeping); once per transaction however often it is asked.
-
-    Not in the writer's transaction: PostgreSQL serialises the commits of transactions that
-    notify, each holding one lock through its WAL flush, so under concurrent writes each
-    waited for the flushes of all before it instead of sharing one. A listener that misses
-    the wake-up (the writer died just after its commit) finds the rows when it next looks.
-    """
-    if not _CHANNEL.fullmatch(channel) or not _PAYLOAD.fullmatch(payload):
-        raise ValueError(f"not a plain channel name and payload: {channel!r}, {payload!r}")
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, Connection) else bind
-    sql = f"BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY {channel}, '{payload}'; COMMIT"
-
-    def notify() -> None:
-        with engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(sql)
-
-    after_commit(session, notify, key=(notify_after_commit, channel, payload))
-
-
-_CHANNEL = re.compile(r"[a-z_][a-z0-9_]*")  # written into the statement: plain words only
-_PAYLOAD = re.compile(r"[a-z0-9_.]*")
 
 
 def _run_after_commit(session: Session) -> None:

@@ -28,9 +28,10 @@ from sqlalchemy import bindparam, delete, event, func, insert, or_, select, tupl
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from shared.db import Database, notify_after_commit, utcnow
+from shared.db import Database, utcnow
 from shared.errors import PermanentError
 from shared.models import DueWork, FailedWork
+from shared.wakeups import notify_after_commit
 
 log = logging.getLogger(__name__)
 
