@@ -263,20 +263,7 @@ def run_due(
     """
     finished = 0
     while claimed := claim(db, kind, batch, lease):
-        for work in claimed:
-            try:
-                handler(work)
-            except PermanentError as exc:
-                fail(db, work, str(exc), permanent=True, backoff=backoff)
-                log.warning("%s %s failed for good: %s", kind, work.key, exc)
-            except Exception as exc:  # worth another try, later
-                retried = fail(db, work, f"{type(exc).__name__}: {exc}", backoff=backoff)
-                log.warning(
-                    "%s %s failed (%s): %s", kind, work.key, "retry" if retried else "gave up", exc
-                )
-            else:
-                finish(db, work)
-                finished += 1
+        finished += sum(_run_one(db, work, handler, backoff) for work in claimed)
     return finished
 
 
@@ -296,8 +283,11 @@ def run_due_batches(
     while claimed := claim(db, kind, batch, lease):
         try:
             handler(claimed)
-        except Exception:
-            log.warning("%s: a batch of %d failed; one at a time", kind, len(claimed))
+        except Exception as exc:
+            log.warning(
+                "%s: a batch of %d failed (%s: %s); one at a time",
+                kind, len(claimed), type(exc).__name__, exc,
+            )  # fmt: skip
             for work in claimed:
                 finished += _run_one(db, work, lambda w: handler([w]), backoff)
             continue
@@ -307,13 +297,17 @@ def run_due_batches(
 
 
 def _run_one(db: Database, work: Claimed, handler: Handler, backoff: Sequence[float]) -> int:
+    """Run one claimed row; returns 1 if it finished, 0 if it failed (and says so)."""
     try:
         handler(work)
     except PermanentError as exc:
         fail(db, work, str(exc), permanent=True, backoff=backoff)
+        log.warning("%s %s failed for good: %s", work.kind, work.key, exc)
         return 0
     except Exception as exc:  # worth another try, later
-        fail(db, work, f"{type(exc).__name__}: {exc}", backoff=backoff)
+        retried = fail(db, work, f"{type(exc).__name__}: {exc}", backoff=backoff)
+        outcome = "retry" if retried else "gave up"
+        log.warning("%s %s failed (%s): %s", work.kind, work.key, outcome, exc)
         return 0
     finish(db, work)
     return 1

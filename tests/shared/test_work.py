@@ -151,7 +151,7 @@ def test_batches_run_together_and_a_row_asked_for_again_meanwhile_stays(database
         assert session.scalars(select(DueWork)).all() == []
 
 
-def test_a_failing_batch_is_run_one_by_one_so_only_the_bad_row_waits(database):
+def test_a_failing_batch_is_run_one_by_one_so_only_the_bad_row_waits(database, caplog):
     for key in ("good1", "bad", "good2"):
         ask(database, key=key)
     done: list[str] = []
@@ -166,3 +166,9 @@ def test_a_failing_batch_is_run_one_by_one_so_only_the_bad_row_waits(database):
     with database.session() as session:
         [row] = session.scalars(select(DueWork)).all()
     assert row.key == "bad" and row.due_at > utcnow() + timedelta(seconds=50)
+    # Ops read why, for the batch and for the row that failed alone.
+    said = [r.getMessage() for r in caplog.records if r.name == "shared.work"]
+    assert said == [
+        "recompute: a batch of 3 failed (RuntimeError: cannot compute this one); one at a time",
+        "recompute bad failed (retry): cannot compute this one",
+    ]
