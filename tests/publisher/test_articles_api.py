@@ -184,6 +184,19 @@ def test_patch_with_a_stale_version_is_refused(client, editor):
     assert client.get(f"/api/v1/articles/{aid}", headers=editor).json["summary"] == "one"
 
 
+def test_an_action_on_a_version_since_changed_is_refused(client, editor):
+    # One editor archives the story she read at version 1; another has corrected it since.
+    aid = create(client, editor, status="published")["id"]
+    fixed = {"summary": "Corrected", "correction": "The date was wrong."}
+    client.patch(f"/api/v1/articles/{aid}", json=fixed, headers=editor)
+    stale = client.post(f"/api/v1/articles/{aid}/archive", headers={**editor, "If-Match": '"1"'})
+    assert stale.status_code == 412
+    assert stale.json["error"]["details"]["current_version"] == 2
+    assert client.get(f"/api/v1/articles/{aid}", headers=editor).json["status"] == "published"
+    current = client.post(f"/api/v1/articles/{aid}/archive", headers={**editor, "If-Match": '"2"'})
+    assert current.status_code == 200 and current.json["status"] == "archived"
+
+
 def test_patch_that_changes_nothing_keeps_the_version(client, editor):
     created = create(client, editor)
     same = client.patch(

@@ -52,10 +52,10 @@ REPLAYED = {
 
 
 def load_article(session: Session, article_id: str, *, to_change: bool = False) -> Article:
-    """The article, or 404. ``to_change``: locked until the transaction ends (PostgreSQL;
-    a SQLite write transaction holds the whole database), so two requests that change one
-    article take turns and the second sees what the first did: no event emitted twice, no
-    If-Match check passed on a version another request is replacing."""
+    """The article, or 404. ``to_change``: its row locked until the transaction ends, so
+    two requests that change one article take turns and the second sees what the first
+    did: no event emitted twice, no If-Match check passed on a version another request is
+    replacing."""
     try:
         article = session.get(Article, str(uuid.UUID(article_id)), with_for_update=to_change)
     except ValueError:
@@ -199,11 +199,14 @@ class ArticleById(MethodView):
 def _action_view(action: str) -> type[MethodView]:
     class ActionView(MethodView):
         @blp.arguments(ActionSchema(), required=False)
+        @blp.arguments(UpdateHeadersSchema(), location="headers")
         @blp.response(200, ArticleSchema, headers=ETAG)
         @blp.alt_response(409, description="Not a change the article's status allows")
-        def post(self, data: dict[str, Any], article_id: str) -> Any:
+        @blp.alt_response(412, description="If-Match names a version that is no longer current")
+        def post(self, data: dict[str, Any], headers: dict[str, Any], article_id: str) -> Any:
             with state().db.transaction() as session:
                 article = load_article(session, article_id, to_change=True)
+                _check_if_match(article, headers.get("if_match"))
                 service.apply_action(
                     session,
                     article,
@@ -215,7 +218,10 @@ def _action_view(action: str) -> type[MethodView]:
             return article, 200, _etag(article)
 
     ActionView.__name__ = f"{action.capitalize()}Article"
-    ActionView.post.__doc__ = f"{action.capitalize()} the article; emits its event."
+    ActionView.post.__doc__ = (
+        f"{action.capitalize()} the article; emits its event. Send If-Match with the version"
+        " you saw to act only on that version."
+    )
     return ActionView
 
 
