@@ -18,9 +18,13 @@ from tests.publisher.helpers import article
 pytestmark = pytest.mark.e2e
 
 
-def pool_children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+def children_of_thread(pid: int, thread: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{thread}/children") as fh:
         return [int(p) for p in fh.read().split()]
+
+
+def pool_children(pid: int) -> list[int]:  # forked by the worker's main thread
+    return children_of_thread(pid, pid)
 
 
 def cmdline(pid: int) -> str:
@@ -59,10 +63,8 @@ def test_the_related_reads_process_ends_with_its_killed_worker(settings, workers
     archiver = workers.procs[0]
 
     def related() -> list[int]:  # started by a thread of the worker's, not its main one
-        children = []
-        for thread in os.listdir(f"/proc/{archiver.pid}/task"):
-            with open(f"/proc/{archiver.pid}/task/{thread}/children") as fh:
-                children += [int(p) for p in fh.read().split()]
+        threads = [int(t) for t in os.listdir(f"/proc/{archiver.pid}/task")]
+        children = [c for t in threads for c in children_of_thread(archiver.pid, t)]
         return [pid for pid in children if "multiprocessing.spawn" in cmdline(pid)]
 
     assert wait_for(related, 60), workers.logs()
