@@ -26,6 +26,7 @@ from shared import lifecycle, redelivery
 from shared.bus import OUTBOX_CHANNEL, CelerySender
 from shared.celery import broker_lists
 from shared.db import libpq_conninfo
+from shared.processes import freeze_startup_objects
 from shared.relay import Relay
 from shared.runtime import Runtime
 
@@ -139,4 +140,6 @@ def run_relay(runtime: Runtime) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    RelayService(runtime).run(stop)
+    service = RelayService(runtime)
+    freeze_startup_objects()
+    service.run(stop)

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from celery import Celery
+from celery import Celery, signals
 from celery.app import trace
 from kombu import Queue
 
@@ -15,6 +15,7 @@ from shared.bus import CONSUMERS
 from shared.celery import beat_schedule, create_celery
 from shared.config import Settings
 from shared.logs import configure_logging
+from shared.processes import freeze_startup_objects
 
 
 def run_worker(settings: Settings, service: str, concurrency: int | None = None) -> None:
@@ -25,6 +26,8 @@ def run_worker(settings: Settings, service: str, concurrency: int | None = None)
     else:
         from services.notifier.celery_app import create_app
     app = create_app(settings)
+    for started in (signals.worker_ready, signals.worker_process_init):  # main, pool child
+        started.connect(lambda **_: freeze_startup_objects(), weak=False)
     app.worker_main(
         [
             "worker",

@@ -15,6 +15,7 @@ import socket
 from gunicorn import util
 
 from services.publisher.app import create_app
+from shared.processes import freeze_startup_objects
 
 
 def _code(reason: str) -> str:
@@ -35,3 +36,4 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
 util.write_error = write_json_error
 
 app = create_app()
+freeze_startup_objects()  # each worker imports this module after gunicorn forked it
